@@ -1,0 +1,1 @@
+"""Prompt data sets: the synthetic shapes world and prompt files."""

@@ -1,0 +1,36 @@
+"""Prompt sets: what the trainer samples from (train) and evaluates on (val)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class PromptData:
+    train: list[str]
+    val: list[str]
+
+    def __post_init__(self):
+        if not self.train:
+            raise ValueError("prompt data: the train set is empty")
+        if not self.val:
+            raise ValueError("prompt data: the val set is empty")
+
+
+def shapes_prompts(train_split: str = "train", val_split: str = "heldout") -> PromptData:
+    from flowrl.data.shapes import split_specs
+
+    return PromptData(train=[s.prompt for s in split_specs(train_split)], val=[s.prompt for s in split_specs(val_split)])
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with # are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def file_prompts(train_file: str, val_file: str) -> PromptData:
+    return PromptData(train=read_prompt_file(train_file), val=read_prompt_file(val_file))

@@ -1,0 +1,196 @@
+"""The embedded model: a diffusers FluxTransformer2DModel, tiny, on packed 32x32 RGB pixels.
+
+No VAE: the "latent" is the image itself in [-1, 1], cut into p x p patches (tokens of 3*p*p
+channels), exactly how FLUX packs its 2x2 VAE-latent patches. Text conditioning is a learned
+word-embedding table over the synthetic prompt language (trained jointly by flowrl.pretrain),
+standing in for FLUX's T5 (per-token) and CLIP (pooled) encoders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flowrl.models.base import FlowModel, PromptEmbeds
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_flux"
+UNK, PAD = "<unk>", "<pad>"
+
+
+@dataclass
+class TinyFluxConfig:
+    """Architecture of the embedded model. Defaults: the shipped checkpoint (see README)."""
+
+    image_size: int = 32
+    patch_size: int = 4  # 4x4 pixel patches -> 64 tokens of 48 channels
+    num_layers: int = 2  # FLUX double-stream blocks
+    num_single_layers: int = 4  # FLUX single-stream blocks
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)  # sums to attention_head_dim
+    text_dim: int = 64  # joint_attention_dim and pooled_projection_dim
+    max_text_len: int = 8
+    vocab: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def channels(self) -> int:
+        return 3 * self.patch_size**2
+
+
+def default_vocab() -> list[str]:
+    from flowrl.data.shapes import COLORS, SHAPES
+
+    return [PAD, UNK, "a", "on", "background", *COLORS, *SHAPES]
+
+
+class WordTextEncoder(nn.Module):
+    """Lower-cased whitespace words -> learned embeddings [B, L, D] + pooled mean [B, D]."""
+
+    def __init__(self, vocab: list[str], dim: int, max_len: int):
+        super().__init__()
+        self.vocab = list(vocab)
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.max_len = max_len
+        self.token = nn.Embedding(len(self.vocab), dim)
+        self.position = nn.Parameter(torch.zeros(max_len, dim))
+        nn.init.normal_(self.token.weight, std=0.5)
+        nn.init.normal_(self.position, std=0.1)
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        ids = torch.full((len(prompts), self.max_len), self.index[PAD], dtype=torch.long)
+        for b, p in enumerate(prompts):
+            words = p.lower().split()[: self.max_len]
+            ids[b, : len(words)] = torch.tensor([self.index.get(w, self.index[UNK]) for w in words], dtype=torch.long)
+        return ids
+
+    def forward(self, prompts: list[str]) -> PromptEmbeds:
+        ids = self.tokenize(prompts).to(self.token.weight.device)
+        tokens = self.token(ids) + self.position  # [B, L, D]
+        mask = (ids != self.index[PAD]).unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp_min(1)  # [B, D]
+        return PromptEmbeds(prompt_embeds=tokens, pooled_prompt_embeds=pooled)
+
+
+def pack_images(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, (H/p)(W/p), 3 p p] (row-major patches, channel-major inside)."""
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpack_images(tokens: torch.Tensor, patch_size: int, image_size: int) -> torch.Tensor:
+    """Inverse of pack_images."""
+    b = tokens.shape[0]
+    p, s = patch_size, image_size // patch_size
+    x = tokens.reshape(b, s, s, 3, p, p)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, image_size, image_size)
+
+
+class TinyFluxModel(FlowModel):
+    """FluxTransformer2DModel (tiny config) + word text encoder, on packed pixels."""
+
+    def __init__(self, config: TinyFluxConfig | None = None):
+        super().__init__()
+        from diffusers import FluxTransformer2DModel  # lazy: diffusers costs ~6 s to import
+
+        cfg = config or TinyFluxConfig()
+        if not cfg.vocab:
+            cfg.vocab = default_vocab()
+        if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
+            raise ValueError(f"axes_dims_rope {cfg.axes_dims_rope} must sum to attention_head_dim {cfg.attention_head_dim}")
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} not divisible by patch_size {cfg.patch_size}")
+        self.config = cfg
+        self.text_encoder = WordTextEncoder(cfg.vocab, cfg.text_dim, cfg.max_text_len)
+        self.transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=cfg.channels,
+            out_channels=cfg.channels,
+            num_layers=cfg.num_layers,
+            num_single_layers=cfg.num_single_layers,
+            attention_head_dim=cfg.attention_head_dim,
+            num_attention_heads=cfg.num_attention_heads,
+            joint_attention_dim=cfg.text_dim,
+            pooled_projection_dim=cfg.text_dim,
+            guidance_embeds=False,
+            axes_dims_rope=tuple(cfg.axes_dims_rope),
+        )
+        s = cfg.tokens_per_side
+        img_ids = torch.zeros(s, s, 3)
+        img_ids[..., 1] = torch.arange(s)[:, None]
+        img_ids[..., 2] = torch.arange(s)[None, :]
+        self.register_buffer("img_ids", img_ids.reshape(s * s, 3), persistent=False)
+        self.register_buffer("txt_ids", torch.zeros(cfg.max_text_len, 3), persistent=False)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.config.tokens_per_side**2, self.config.channels)
+
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        return self.text_encoder(list(prompts))
+
+    def velocity(self, x_t: torch.Tensor, sigma, embeds: PromptEmbeds) -> torch.Tensor:
+        b = x_t.shape[0]
+        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=x_t.dtype).reshape(-1).expand(b)
+        # FLUX scales the timestep by 1000 internally, so it takes sigma itself.
+        return self.transformer(
+            hidden_states=x_t,
+            encoder_hidden_states=embeds.prompt_embeds.to(x_t.dtype),
+            pooled_projections=embeds.pooled_prompt_embeds.to(x_t.dtype),
+            timestep=sigma,
+            img_ids=self.img_ids,
+            txt_ids=self.txt_ids,
+            return_dict=False,
+        )[0]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> clean packed latents x_0 in [-1, 1]."""
+        return pack_images(images * 2 - 1, self.config.patch_size)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        images = unpack_images(x0.float(), self.config.patch_size, self.config.image_size)
+        return ((images + 1) / 2).clamp(0, 1)
+
+    # --- persistence: diffusers format for the transformer, safetensors for the text table ---
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(path / "transformer")
+        save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()}, str(path / "text_encoder.safetensors"))
+        cfg = asdict(self.config)
+        (path / "flowrl_tiny_flux.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None) -> TinyFluxModel:
+        """Load a directory written by save_pretrained (default: the shipped weights)."""
+        from diffusers import FluxTransformer2DModel
+        from safetensors.torch import load_file
+
+        path = Path(path) if path else WEIGHTS_DIR
+        cfg_file = path / "flowrl_tiny_flux.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(
+                f"tiny_flux checkpoint not found: {cfg_file} (regenerate it with `python -m flowrl.pretrain --out {path}`)"
+            )
+        raw = json.loads(cfg_file.read_text())
+        raw["axes_dims_rope"] = tuple(raw["axes_dims_rope"])
+        model = cls(TinyFluxConfig(**raw))
+        model.transformer = FluxTransformer2DModel.from_pretrained(path / "transformer")
+        model.text_encoder.load_state_dict(load_file(str(path / "text_encoder.safetensors")))
+        return model.eval()
+
+
+def load_tiny_flux(path: str | None = None, device: str = "cpu") -> TinyFluxModel:
+    """Hydra entry point (`model=tiny_flux`): the shipped weights, or a directory given by path."""
+    return TinyFluxModel.from_pretrained(path).to(device)

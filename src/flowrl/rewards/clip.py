@@ -1,0 +1,129 @@
+"""Image-text cosine rewards on open_clip models: `tiny_clip` now; HPS v2.1 and CLIP score
+load through the same class (an open_clip architecture + a state-dict file).
+
+score = cos(f_img(preprocess(image)), f_txt(tokenize(prompt)))   (HPS v2.1 is exactly this with
+ViT-H-14 and its fine-tuned state dict). Preprocessing is done on tensors (resize shorter side
+with bicubic antialiasing, centre crop, CLIP mean/std), so batches never leave the device.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from flowrl.rewards.base import RewardModel
+
+TINY_CLIP_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip"
+TINY_CLIP_ARCH = TINY_CLIP_DIR / "flowrl-tiny-clip.json"
+TINY_CLIP_WEIGHTS = TINY_CLIP_DIR / "flowrl-tiny-clip.safetensors"
+# CLIP's normalisation (open_clip OPENAI_DATASET_MEAN / STD); a config's preprocess_cfg wins.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resolve_arch(arch: str | Path) -> tuple[str, dict]:
+    """An open_clip model name ('ViT-H-14') or a path to an open_clip model-config JSON ->
+    (name to create, its config). A JSON file is registered with open_clip under its stem."""
+    import open_clip
+
+    path = Path(arch)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"open_clip model config not found: {path}")
+        open_clip.add_model_config(path)
+        name = path.stem
+    else:
+        name = str(arch)
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip architecture {arch!r} (a model name like 'ViT-H-14' or a config .json)")
+    return name, cfg
+
+
+def clip_preprocess(images: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> [B, 3, size, size] normalised, as open_clip's eval transform
+    (resize shorter side to size, bicubic; centre crop; normalise)."""
+    h, w = images.shape[-2:]
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        images = F.interpolate(images, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        images = images[..., top : top + size, left : left + size]
+    m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
+class OpenClipReward(RewardModel):
+    """Cosine similarity of open_clip image and text embeddings.
+
+    arch: open_clip model name or model-config JSON; checkpoint: state-dict file (.pt/.bin with
+    or without a 'state_dict' key, or .safetensors). Missing files fail before any model is built.
+    """
+
+    name = "clip"
+
+    def __init__(self, arch: str | Path, checkpoint: str | Path, device: str = "cpu", source_hint: str = ""):
+        super().__init__()
+        import open_clip
+
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            hint = f" ({source_hint})" if source_hint else ""
+            raise FileNotFoundError(f"{self.name} reward checkpoint not found: {checkpoint}{hint}")
+        model_name, cfg = resolve_arch(arch)
+        self.model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        open_clip.load_checkpoint(self.model, str(checkpoint))
+        self.model.eval().requires_grad_(False).to(device)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.image_size = int(cfg["vision_cfg"]["image_size"])
+        pcfg = cfg.get("preprocess_cfg", {})
+        self.mean, self.std = tuple(pcfg.get("mean", CLIP_MEAN)), tuple(pcfg.get("std", CLIP_STD))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        x = clip_preprocess(images.to(self.device, torch.float32), self.image_size, self.mean, self.std)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)  # [B, E]
+
+    def embed_texts(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(prompts).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)  # [B, E]
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return (self.embed_images(images) * self.embed_texts(prompts)).sum(-1)
+
+
+class TinyClipReward(OpenClipReward):
+    """`tiny_clip`: the shipped open_clip model trained on the synthetic shapes set
+    (python -m flowrl.rewards.train_tiny_clip). A learned, hackable proxy of `shapes`."""
+
+    name = "tiny_clip"
+
+    def __init__(self, checkpoint: str | Path | None = None, arch: str | Path | None = None, device: str = "cpu"):
+        super().__init__(
+            arch or TINY_CLIP_ARCH,
+            checkpoint or TINY_CLIP_WEIGHTS,
+            device=device,
+            source_hint="regenerate it with `python -m flowrl.rewards.train_tiny_clip`",
+        )
+
+
+def tiny_clip_config() -> dict:
+    """The tiny open_clip architecture (written next to the weights as an open_clip model config)."""
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 4},
+        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+
+
+def write_tiny_clip_config(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(tiny_clip_config(), indent=2) + "\n")
