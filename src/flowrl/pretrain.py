@@ -55,7 +55,15 @@ def evaluate(model, seed: int = 1234, num_steps: int = 16, per_prompt: int = 4) 
 
 
 def pretrain(
-    out: Path, steps: int, batch_size: int, lr: float, seed: int, threads: int, save_every: int, config_overrides: dict
+    out: Path,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    threads: int,
+    save_every: int,
+    config_overrides: dict,
+    eval_per_prompt: int = 4,
 ) -> dict:
     from flowrl.data.shapes import render_batch, sample_specs
     from flowrl.models.tiny_flux import TinyFluxConfig, TinyFluxModel
@@ -87,6 +95,7 @@ def pretrain(
     train_s = time.time() - start
     model.eval()
     model.save_pretrained(out)
+    tail = log[-max(1, min(50, steps // 5)) :]  # last 20% of the steps (at most 50): the converged loss
     metrics = {
         "params": n_params,
         "steps": steps,
@@ -95,9 +104,10 @@ def pretrain(
         "seed": seed,
         "threads": threads,
         "train_seconds": round(train_s, 1),
-        "final_loss": sum(log[-50:]) / len(log[-50:]),
+        "initial_loss": log[0],
+        "final_loss": sum(tail) / len(tail),
     }
-    metrics.update(evaluate(model))
+    metrics.update(evaluate(model, per_prompt=eval_per_prompt))
     (out / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

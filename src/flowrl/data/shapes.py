@@ -25,9 +25,16 @@ COLORS: dict[str, tuple[float, float, float]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 PROMPT_TEMPLATE = "a {fg} {shape} on a {bg} background"
 IMAGE_SIZE = 32
-# Every 5th combination (in a fixed order) is held out; each color and shape still occurs in
-# training in every role, so held-out prompts test composition, not new words.
+# One in 5 combinations is held out. all_specs() lists, for each (fg, shape), its 5 backgrounds
+# in a block of 5; the held-out position rotates from block to block, so every color occurs in
+# every role in both splits and held-out prompts test composition, not new words.
 HELD_OUT_EVERY = 5
+
+
+def is_held_out(index: int) -> bool:
+    """Combination `index` of all_specs() is held out: position (4 - block) mod 5 of its block."""
+    block, position = divmod(index, HELD_OUT_EVERY)
+    return position == (HELD_OUT_EVERY - 1 - block) % HELD_OUT_EVERY
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,9 @@ def split_specs(split: str) -> list[ShapeSpec]:
     if split == "all":
         return specs
     if split == "train":
-        return [s for i, s in enumerate(specs) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+        return [s for i, s in enumerate(specs) if not is_held_out(i)]
     if split == "heldout":
-        return [s for i, s in enumerate(specs) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+        return [s for i, s in enumerate(specs) if is_held_out(i)]
     raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
 
 

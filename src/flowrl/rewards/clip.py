@@ -76,8 +76,9 @@ class OpenClipReward(RewardModel):
             hint = f" ({source_hint})" if source_hint else ""
             raise FileNotFoundError(f"{self.name} reward checkpoint not found: {checkpoint}{hint}")
         model_name, cfg = resolve_arch(arch)
-        self.model = open_clip.create_model(model_name, pretrained=None, device="cpu")
-        open_clip.load_checkpoint(self.model, str(checkpoint))
+        # A file path as `pretrained` makes open_clip load that state dict (strict), the way
+        # HPS v2.1's own code loads HPS_v2.1_compressed.pt into ViT-H-14.
+        self.model = open_clip.create_model(model_name, pretrained=str(checkpoint), device="cpu")
         self.model.eval().requires_grad_(False).to(device)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.image_size = int(cfg["vision_cfg"]["image_size"])

@@ -77,7 +77,9 @@ def _finish(x, mean, std, noise, prev_sample, generator) -> SDEStepOutput:
         if noise is None:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
         prev_sample = (mean + std * noise.float()).to(x.dtype)
-    return SDEStepOutput(prev_sample=prev_sample.to(x.dtype), mean=mean, std=std, log_prob=gaussian_log_prob(prev_sample, mean, std))
+    return SDEStepOutput(
+        prev_sample=prev_sample.to(x.dtype), mean=mean, std=std, log_prob=gaussian_log_prob(prev_sample, mean, std)
+    )
 
 
 def _check_decreasing(s: torch.Tensor, s_next: torch.Tensor, name: str) -> None:
