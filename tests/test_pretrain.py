@@ -13,28 +13,9 @@ def test_pretrain_is_deterministic_and_learns(tmp_path):
     from flowrl.pretrain import pretrain
 
     small = {"num_layers": 1, "num_single_layers": 1}
-    a = pretrain(
-        tmp_path / "a",
-        steps=30,
-        batch_size=16,
-        lr=1e-3,
-        seed=0,
-        threads=1,
-        save_every=0,
-        config_overrides=small,
-        eval_per_prompt=1,
-    )
-    b = pretrain(
-        tmp_path / "b",
-        steps=30,
-        batch_size=16,
-        lr=1e-3,
-        seed=0,
-        threads=1,
-        save_every=0,
-        config_overrides=small,
-        eval_per_prompt=1,
-    )
+    kwargs = dict(steps=30, batch_size=16, lr=1e-3, seed=0, threads=1, save_every=0, config_overrides=small, eval_per_prompt=1)
+    a = pretrain(tmp_path / "a", **kwargs)
+    b = pretrain(tmp_path / "b", **kwargs)
     assert a["final_loss"] == b["final_loss"]  # same seed, same threads -> same run
     ma, mb = TinyFluxModel.from_pretrained(tmp_path / "a"), TinyFluxModel.from_pretrained(tmp_path / "b")
     for (k, pa), pb in zip(ma.state_dict().items(), mb.state_dict().values()):
