@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+import time
+
+from flowrl.plan import main
+
+
+def test_plan_json_dancegrpo(capsys):
+    main(["--json", "method=dancegrpo"])
+    out = json.loads(capsys.readouterr().out)
+    for key in (
+        "method",
+        "num_steps",
+        "branches",
+        "nfe_per_generation",
+        "nfe_per_prompt",
+        "reward_queries_per_prompt",
+        "trained_steps_per_prompt",
+    ):
+        assert key in out, key
+    assert out["method"] == "dancegrpo" and out["num_steps"] == 16
+    assert out["branches"][0] == {"start": 0, "stop": 1} and len(out["branches"]) == 16
+    assert out["nfe_per_prompt"] == 16 * 12
+
+
+def test_plan_json_flowgrpo_with_override(capsys):
+    # T 10, G 8 (override): NFE/prompt 80; int(10 * 0.99) = 9 trained -> 72 backward passes.
+    main(["--json", "method=flowgrpo", "method.group_size=8"])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["method"], out["num_steps"], out["group_size"]) == ("flowgrpo", 10, 8)
+    assert out["nfe_per_prompt"] == 80 and out["trained_steps_per_prompt"] == 72
+    assert out["same_initial_noise"] is False
+
+
+def test_plan_text(capsys):
+    main(["method=dancegrpo"])
+    text = capsys.readouterr().out
+    assert "NFE per prompt         192" in text and "random 9 of 16" in text
+
+
+def test_plan_cli_is_fast():
+    # Must answer without loading a model: a fresh interpreter in well under 5 s (measured ~3 s).
+    start = time.time()
+    out = subprocess.run(
+        [sys.executable, "-m", "flowrl.plan", "--json", "method=dancegrpo"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout)["method"] == "dancegrpo"
+    assert time.time() - start < 10  # generous for a loaded 2-core CI box; the goal is < 5 s
