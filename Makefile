@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train sample bench lint pretrain clean
+.PHONY: help setup test test-fast train sample plan bench lint pretrain mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -29,11 +29,17 @@ test: $(STAMP) ## run the whole test suite, slow end-to-end tests included (what
 test-fast: $(STAMP) ## the suite without the slow-marked tests
 	$(PY) -m pytest -m "not slow"
 
-train: $(STAMP) ## the main job on the embedded default (tiny model, offline rewards)
-	$(PY) -m flowrl.sample
+train: $(STAMP) ## the main job: GRPO on the embedded default (tiny model, offline rewards), tracked in MLflow
+	$(PY) -m flowrl.train
 
 sample: $(STAMP) ## sample the tiny model on held-out prompts and score every reward
 	$(PY) -m flowrl.sample
+
+plan: $(STAMP) ## print the default method's step plan and per-prompt budget
+	$(PY) -m flowrl.plan
+
+mlflow-ui: $(STAMP) ## browse the tracked runs (sqlite:///mlflow.db) at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --workers 1
 
 bench: $(STAMP) ## measured performance ratios, side by side in one run
 	$(PY) -m flowrl.bench

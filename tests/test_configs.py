@@ -30,7 +30,11 @@ def test_primary_config_composes_and_resolves(name):
 def test_every_group_option_composes(rel):
     group, option = rel.parent.as_posix(), rel.stem
     is_global = (CONF / rel).read_text().lstrip().startswith("# @package _global_")
-    override = f"+{group}={option}" if is_global else f"+{group}@probe={option}"
+    in_defaults = group in {"paths", "model", "data"}  # groups sample.yaml already selects
+    if is_global:
+        override = f"{group}={option}" if in_defaults else f"+{group}={option}"
+    else:
+        override = f"+{group}@probe={option}"
     runtime = ["probe.output_dir=/tmp/flowrl-test"] if group == "paths" else []  # set by Hydra at run time
     cfg = _compose("sample", [override, *runtime])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

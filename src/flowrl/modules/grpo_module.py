@@ -1,0 +1,172 @@
+"""The one LightningModule: rollout -> reward -> advantages -> policy-gradient updates.
+
+Reads top to bottom in training_step. Manual optimization: gradients of the trained denoising
+steps are accumulated and the optimizer steps once per rollout (optim.optimizer_step =
+"iteration", the peers' default) or once per trained step ("step", PPO-style, where the clip
+binds from the second step on). The training forward re-evaluates each jump with the same row
+chunks as the rollout, so before the first update the ratio is exactly 1 (tested bit for bit).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from flowrl.losses.grpo import grpo_loss
+from flowrl.sampling.ode import generate
+from flowrl.sampling.rollout import rollout_sde_trajectories, step_log_prob
+from flowrl.sampling.sigmas import flow_sigmas
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps: float = 1e-4
+    adv_clip: float = 5.0
+    kl_beta: float = 0.0
+    # "iteration": accumulate the gradients of every trained step, one optimizer step per rollout
+    # (DanceGRPO and the code built on it); the ratio stays 1 and the gradient is -A grad logp.
+    # "step": one optimizer step per trained denoising step (PPO-style; the clip then binds).
+    optimizer_step: str = "iteration"
+
+    def __post_init__(self):
+        if self.optimizer_step not in ("iteration", "step"):
+            raise ValueError(f"optimizer_step must be 'iteration' or 'step', got {self.optimizer_step!r}")
+
+
+@dataclass
+class ValConfig:
+    samples_per_prompt: int = 2  # fixed noise per (prompt, sample) -> same images each eval
+    seed: int = 1234
+    num_steps: int = 16  # ODE steps for evaluation
+    grid_prompts: int = 8  # prompts shown in the logged grid
+
+
+class GRPOModule(L.LightningModule):
+    def __init__(
+        self,
+        model,
+        reward,
+        eval_rewards: dict,
+        step_scheduler,
+        shift: float = 3.0,
+        max_batch: int = 64,
+        optim: OptimConfig | None = None,
+        val: ValConfig | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.model = model
+        self.reward = reward
+        self.eval_rewards = torch.nn.ModuleDict(dict(eval_rewards))
+        self.step_scheduler = step_scheduler
+        self.optim = optim or OptimConfig()
+        self.val_cfg = val or ValConfig()
+        self.max_batch = max_batch
+        self.shift = shift
+        self.sigmas = flow_sigmas(step_scheduler.num_steps, shift)
+        self.automatic_optimization = False
+        self.generator = torch.Generator().manual_seed(seed)
+        # Reference policy for the KL term: a frozen copy of the initial weights (cheap for the
+        # tiny model; LoRA backends disable the adapter instead).
+        self.ref_model = copy.deepcopy(model).requires_grad_(False).eval() if self.optim.kl_beta > 0 else None
+        self.model.requires_grad_(False)
+        self.model.transformer.requires_grad_(True)
+        self.reward.requires_grad_(False)
+        self.eval_rewards.requires_grad_(False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+
+    # ---- training -------------------------------------------------------------------------
+    def training_step(self, prompts: list[str], batch_idx: int):
+        start = time.perf_counter()
+        # 1. rollout: G stochastic trajectories per prompt under the current policy, no grad
+        self.model.eval()
+        rollout = rollout_sde_trajectories(self.model, self.step_scheduler, prompts, self.sigmas, self.generator, self.max_batch)
+        rollout_s = time.perf_counter() - start
+        # 2. reward of the final images, then group-relative advantages [P, G] -> [P*G]
+        rewards = self.reward(rollout.images, rollout.prompts)
+        adv = self.step_scheduler.advantages(rewards.view(len(prompts), -1), list(prompts)).reshape(-1)
+        # 3. one optimizer step per trained denoising step
+        self.model.train()
+        opt = self.optimizers()
+        trained = self.step_scheduler.sample_trained_steps(self.generator)
+        logs: list[dict] = []
+        n = len(rollout.prompts)
+        per_step = self.optim.optimizer_step == "step"
+        opt.zero_grad(set_to_none=True)
+        for step in trained:
+            for start_row in range(0, n, self.max_batch):
+                rows = slice(start_row, min(n, start_row + self.max_batch))
+                out = step_log_prob(self.model, self.step_scheduler, rollout, step, rows)
+                ref_mean = self._ref_mean(rollout, step, rows) if self.ref_model is not None else None
+                res = grpo_loss(
+                    out.log_prob,
+                    rollout.log_probs[rows, step],
+                    adv[rows],
+                    self.optim.clip_eps,
+                    adv_clip=self.optim.adv_clip,
+                    kl_beta=self.optim.kl_beta,
+                    mean=out.mean if ref_mean is not None else None,
+                    ref_mean=ref_mean,
+                    std=out.std if ref_mean is not None else None,
+                )
+                weight = (rows.stop - rows.start) / n / (1 if per_step else len(trained))  # mean over rows (and steps)
+                self.manual_backward(res.loss * weight)
+                logs.append(res.metrics())
+            if per_step:
+                self._optimizer_step(opt)
+        if not per_step:
+            self._optimizer_step(opt)
+        # 4. metrics (namespaced)
+        metrics = {k: sum(d[k] for d in logs) / len(logs) for k in logs[0]}
+        metrics.update(
+            {
+                f"train/reward/{self.reward.name}": rewards.mean().item(),
+                "train/reward_std": rewards.std().item(),
+                "train/adv_std": adv.std().item(),
+                "train/first_step_ratio_mean": logs[0]["train/ratio_mean"],
+                "perf/nfe": float(rollout.nfe),
+                "perf/rollout_s": rollout_s,
+                "perf/iteration_s": time.perf_counter() - start,
+            }
+        )
+        self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=len(prompts))
+        self.log("reward", rewards.mean().item(), prog_bar=True, batch_size=len(prompts))
+        return None
+
+    def _optimizer_step(self, opt) -> None:
+        if self.optim.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _ref_mean(self, rollout, step: int, rows: slice) -> torch.Tensor:
+        return step_log_prob(self.ref_model, self.step_scheduler, rollout, step, rows).mean
+
+    # ---- validation: held-out prompts, fixed noise, every eval reward ---------------------
+    def validation_step(self, prompts: list[str], batch_idx: int):
+        cfg = self.val_cfg
+        self.model.eval()
+        rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+        images = generate(self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch)
+        for name, reward in self.eval_rewards.items():
+            self.log(f"val/reward/{name}", reward(images, rows).mean().item(), batch_size=len(rows), prog_bar=name == "shapes")
+        self.last_val_images = images[: cfg.grid_prompts * cfg.samples_per_prompt]
+
+    def on_validation_epoch_end(self):
+        """The same prompts and noise every evaluation: the grids show the policy change."""
+        images = getattr(self, "last_val_images", None)
+        if images is not None and hasattr(self.logger, "run_id"):
+            from flowrl.tracking import log_image_grid
+
+            log_image_grid(self.logger, images, "val", step=self.global_step, nrow=self.val_cfg.samples_per_prompt * 4)
