@@ -140,7 +140,9 @@ class GRPOModule(L.LightningModule):
             }
         )
         self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=len(prompts))
-        self.log("reward", rewards.mean().item(), prog_bar=True, batch_size=len(prompts))
+        self.log(
+            "reward", rewards.mean().item(), prog_bar=True, logger=False, batch_size=len(prompts)
+        )  # bar only; MLflow gets train/reward/<name>
         return None
 
     def _optimizer_step(self, opt) -> None:
