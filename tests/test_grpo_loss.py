@@ -36,11 +36,19 @@ def test_ratio_is_exactly_one_before_the_first_update():
     torch.testing.assert_close(lp.grad, torch.tensor([-1 / 3, 2 / 3, -5 / 3]))
 
 
-def test_ratio_is_exactly_one_for_bf16_log_probs():
-    # Both sides are cast to fp32 before subtracting: equal bf16 log-probs give r == 1 exactly.
+def test_policy_ratio_numerics():
+    # Equal bf16 log-probs give r == 1 exactly, in fp32.
     lp = torch.tensor([-1.3, 0.2], dtype=torch.bfloat16)
     assert torch.equal(policy_ratio(lp, lp.clone()), torch.ones(2))
     assert policy_ratio(lp, lp).dtype == torch.float32
+    # bf16 1.0 vs 1 - 2^-8 (both exact in bf16): log-ratio 2^-8, r = exp(0.00390625) = 1.0039139.
+    # Exponentiating in bf16 (spacing 2^-7 near 1) would round this to 1.0 or 1.0078.
+    r = policy_ratio(torch.tensor([1.0], dtype=torch.bfloat16), torch.tensor([1 - 2**-8], dtype=torch.bfloat16))
+    assert r.item() == pytest.approx(1.0039139, abs=1e-6)
+    # Only the difference is exponentiated: large log-probs (exp(100) overflows fp32) are fine.
+    big = torch.tensor([100.0, -120.0])
+    assert torch.equal(policy_ratio(big, big.clone()), torch.ones(2))
+    torch.testing.assert_close(policy_ratio(big + 1, big), torch.full((2,), math.e))
 
 
 # ---------------------------------------------------------------- 2. the clipped surrogate
