@@ -1,79 +1,148 @@
+"""flowrl.tracking: config -> MLflow params/tags/artifacts, on a real sqlite store in tmp_path."""
+
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
-from flowrl.tracking import flatten_config, git_commit, resolve_tracking_uri, run_name
+from flowrl.tracking import flatten_config, git_commit, git_dirty, resolve_tracking_uri, run_name
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tracking_uri_precedence(monkeypatch):
-    # config > env > default: mlflow.set_tracking_uri() writes the env var itself, so env first
-    # would leak one in-process run's store into the next.
+    # explicit uri > env > default; why the explicit uri beats the env: test_logger_end_to_end.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert resolve_tracking_uri(None) == "sqlite:///mlflow.db"
+    assert resolve_tracking_uri() == "sqlite:///mlflow.db"
+    assert resolve_tracking_uri("sqlite:///arg.db") == "sqlite:///arg.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
     assert resolve_tracking_uri(None) == "sqlite:///env.db"
-    assert resolve_tracking_uri("sqlite:///cfg.db") == "sqlite:///cfg.db"
+    assert resolve_tracking_uri("sqlite:///arg.db") == "sqlite:///arg.db"
 
 
 def test_flatten_config():
     cfg = OmegaConf.create(
         {
-            "method": {"name": "egrpo", "group_size": 12, "tag": "${method.name}"},
-            "xs": [1, 2],
-            "long": "x" * 7000,
-            "hydra": {"a": 1},
+            "seed": 0,
+            "method": {"name": "dancegrpo", "group_size": 12, "step_scheduler": {"method": "${..name}", "sde": None}},
+            "reward": {"weights": {"tiny_clip": 0.7, "jpeg": 0.3}},
+            "model": {"_target_": "flowrl.models.tiny_flux.TinyFluxModel.from_pretrained"},
+            "list": [1, "two", {"three": 3.0}],
             "empty": {},
+            "hydra": {"run": {"dir": "outputs/${now:%Y}"}},  # unresolvable outside Hydra: must be dropped first
         }
     )
-    flat = flatten_config(cfg)
-    assert flat["method.name"] == "egrpo" and flat["method.group_size"] == "12"
-    assert flat["method.tag"] == "egrpo"  # interpolation resolved
-    assert flat["xs.0"] == "1" and flat["xs.1"] == "2"
-    assert len(flat["long"]) == 6000 and flat["long"].endswith("...")
-    assert not any(k.startswith("hydra") for k in flat) and flat["empty"] == "{}"
+    assert flatten_config(cfg) == {
+        "seed": "0",
+        "method.name": "dancegrpo",
+        "method.group_size": "12",
+        "method.step_scheduler.method": "dancegrpo",
+        "method.step_scheduler.sde": "None",
+        "reward.weights.tiny_clip": "0.7",
+        "reward.weights.jpeg": "0.3",
+        "model._target_": "flowrl.models.tiny_flux.TinyFluxModel.from_pretrained",
+        "list.0": "1",
+        "list.1": "two",
+        "list.2.three": "3.0",
+        "empty": "{}",
+    }
+    assert flatten_config({"a": {"b": 1}}, prefix="cfg.") == {"cfg.a.b": "1"}  # plain dicts too
+
+    flat = flatten_config({"long": "x" * 7000, "short": "y" * 6000})
+    assert len(flat["long"]) == 6000 and flat["long"] == "x" * 5997 + "..."
+    assert flat["short"] == "y" * 6000  # exactly at the limit: untouched
 
 
 def test_run_name():
-    cfg = {"method": {"name": "dancegrpo", "group_size": 12, "clip_eps": 1e-4, "noise_level": 0.3, "lr": 1e-5}, "seed": 0}
-    assert run_name(cfg) == "dancegrpo G12 clip1e-04 a0.3 lr1e-05 s0"
-    assert run_name({"method": {"name": "g2rpo"}}) == "g2rpo"
+    method = {"name": "dancegrpo", "group_size": 12, "clip_eps": 1e-4, "noise_level": 0.3, "lr": 1e-5}
+    assert run_name(OmegaConf.create({"method": method, "seed": 0})) == "dancegrpo G12 clip1e-04 a0.3 lr1e-05 s0"
+    assert run_name({"method": {**method, "lr": 2.5e-5}, "seed": 3}) == "dancegrpo G12 clip1e-04 a0.3 lr2.5e-05 s3"
+    assert run_name({"method": {"name": "flowgrpo", "noise_level": 0.7}}) == "flowgrpo a0.7"
+    assert run_name({"seed": 1}) == "s1"
+    assert run_name({}) == "flowrl"
 
 
-def test_git_commit(tmp_path):
-    from pathlib import Path
+def test_git_commit_and_dirty(tmp_path):
+    commit = git_commit(REPO)
+    assert commit is not None and re.fullmatch(r"[0-9a-f]{40}", commit)
+    assert isinstance(git_dirty(REPO), bool)
+    assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None
 
-    commit = git_commit(Path(__file__).resolve().parents[1])
-    assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)  # None if run from an export
-    assert git_commit(tmp_path) is None
 
-
-def test_logger_end_to_end(tmp_path):
+def test_logger_end_to_end(tmp_path, monkeypatch):
+    from hydra.utils import instantiate
     from mlflow.tracking import MlflowClient
 
-    from flowrl.tracking import build_mlflow_logger, log_image_grid, log_run_metadata, metrics_history
+    from flowrl.tracking import log_artifact_path, log_image_grid, log_run_metadata, metrics_history
 
+    monkeypatch.chdir(tmp_path)  # the sqlite store puts artifacts under ./mlruns of the working directory
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after: the logger sets it (below)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = OmegaConf.create({"method": {"name": "flowgrpo"}, "wide": {f"k{i}": i for i in range(250)}})
-    logger = build_mlflow_logger("study", "my run", uri)
-    log_run_metadata(logger, cfg, seed=3)  # 251 params: more than one MLflow batch of 100
-    logger.log_metrics({"train/loss": 1.0}, step=0)
-    logger.log_metrics({"train/loss": 0.5}, step=1)
-    assert log_image_grid(logger, torch.rand(4, 3, 8, 8), "val", step=1) == "images/val_step000001.png"
+    cfg = OmegaConf.create(
+        {
+            "seed": 7,
+            "method": {"name": "flowgrpo", "group_size": 24, "clip_eps": 1e-4, "lr": 3e-4, "tag": "${.name}"},
+            "wide": {f"group{g}": {f"k{k}": g * 100 + k for k in range(50)} for g in range(5)},
+            "prompts": ["a red circle", "a blue square"],
+            "long": "z" * 7000,
+        }
+    )
+    n_params = 1 + 5 + 250 + 2 + 1
+
+    logger_cfg = OmegaConf.load(REPO / "conf/logger/mlflow.yaml")
+    logger = instantiate(logger_cfg, experiment_name="study", tracking_uri=uri, run_name=run_name(cfg))  # as flowrl.train
+    log_run_metadata(logger, cfg)  # seed from cfg.seed; 259 params = 3 batches
+    assert os.environ["MLFLOW_TRACKING_URI"] == uri  # MLFlowLogger -> mlflow.set_tracking_uri() writes the env
+    logger.log_metrics({"train/loss": 1.0, "train/reward/shapes": 0.5}, step=0)
+    logger.log_metrics({"train/loss": 0.25, "train/reward/shapes": 0.75}, step=1)
+    grid = log_image_grid(logger, torch.rand(4, 3, 8, 8), "val", step=1, nrow=2)
+    assert grid == "images/val_step000001.png"
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.pt").write_bytes(b"\0" * 16)
+    log_artifact_path(logger, tmp_path / "weights", "final_model")
     logger.finalize("success")
+
     client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("study")
+    assert experiment is not None  # artifacts under ./mlruns of the working directory at experiment creation:
+    assert experiment.artifact_location.removeprefix("file://").startswith(str(tmp_path / "mlruns"))
     run = client.get_run(logger.run_id)
-    assert run.info.run_name == "my run" and len(run.data.params) == 251 and run.data.params["wide.k249"] == "249"
-    assert run.data.tags["seed"] == "3"
-    assert metrics_history(uri, logger.run_id, "train/loss") == [(0, 1.0), (1, 0.5)]
-    paths = {a.path for d in ("config", "images") for a in client.list_artifacts(logger.run_id, d)}
-    assert paths == {"config/resolved.yaml", "images/val_step000001.png"}
-    local = client.download_artifacts(logger.run_id, "config/resolved.yaml", str(tmp_path))
-    assert OmegaConf.load(local).wide.k7 == 7
+    assert run.info.experiment_id == experiment.experiment_id and run.info.status == "FINISHED"
+    assert run.info.run_name == "flowgrpo G24 clip1e-04 lr3e-04 s7"
+    params = run.data.params
+    assert len(params) == n_params
+    assert params["method.tag"] == "flowgrpo" and params["wide.group4.k49"] == "449" and params["prompts.1"] == "a blue square"
+    assert params["long"] == "z" * 5997 + "..."
+    assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"]) and run.data.tags["git_dirty"] in ("True", "False")
+    assert run.data.tags["seed"] == "7"
+    assert metrics_history(uri, logger.run_id, "train/loss") == [(0, 1.0), (1, 0.25)]
+    assert metrics_history(uri, logger.run_id, "train/reward/shapes") == [(0, 0.5), (1, 0.75)]
+
+    listed = {a.path for top in ("config", "images", "final_model") for a in client.list_artifacts(logger.run_id, top)}
+    assert listed == {"config/resolved.yaml", grid, "final_model/model.pt"}
+    local = client.download_artifacts(logger.run_id, "config/resolved.yaml", str(tmp_path / "dl"))
+    assert OmegaConf.to_container(OmegaConf.load(local)) == OmegaConf.to_container(cfg, resolve=True)
+    png = Path(client.download_artifacts(logger.run_id, grid, str(tmp_path / "dl")))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A second in-process run naming its own store must land there despite the env var set above.
+    other = f"sqlite:///{tmp_path}/other.db"
+    from flowrl.tracking import build_mlflow_logger
+
+    second = build_mlflow_logger("study", "second", other)
+    second.log_metrics({"perf/nfe": 16.0}, step=0)
+    second.finalize("success")
+    assert metrics_history(other, second.run_id, "perf/nfe") == [(0, 16.0)]
+    with pytest.raises(Exception):  # noqa: B017 - MLflow raises its own MlflowException
+        MlflowClient(uri).get_run(second.run_id)
 
 
 def test_import_is_cheap():
     code = "import sys, flowrl.tracking; print('mlflow' in sys.modules, 'lightning' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
     assert out == ["False", "False"]

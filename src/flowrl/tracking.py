@@ -1,7 +1,11 @@
-"""MLflow tracking of every run: params = the flattened resolved config, namespaced metrics,
-artifacts (resolved config, sample grids, final weights), git commit and seed as tags.
+"""MLflow tracking of every run, so that ablations (Hydra multirun sweeps) compare in the MLflow UI.
 
-mlflow and lightning are imported inside the functions: `import flowrl.tracking` stays cheap.
+A run records: params = the flattened resolved config, namespaced metrics (`train/loss`,
+`train/reward/<name>`, `val/reward/<name>`, `perf/nfe`), artifacts (the resolved config, sample
+grids, final weights) and tags (git commit, dirty tree, seed).
+
+mlflow and lightning take seconds to import, so they are imported inside the functions:
+`import flowrl.tracking` stays cheap (config tooling and tests import it without training).
 """
 
 from __future__ import annotations
@@ -11,125 +15,200 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
-PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow refuses a plain ./mlruns file store by default
+MAX_PARAM_CHARS = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH: longer values are rejected
+PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH (the store's per-request limit)
+TRUNCATED = "..."
+GIT_TIMEOUT_S = 5
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The config's uri > env MLFLOW_TRACKING_URI > sqlite:///mlflow.db (working directory).
+    """The given uri > env MLFLOW_TRACKING_URI > sqlite:///mlflow.db in the working directory.
 
-    An explicit uri must win: mlflow.set_tracking_uri() itself writes MLFLOW_TRACKING_URI into
-    os.environ, so with env first, one in-process run (tests, Hydra multirun) would leak its
-    store into the next."""
+    The explicit uri wins over the environment on purpose: Lightning's MLFlowLogger calls
+    mlflow.set_tracking_uri(), which writes MLFLOW_TRACKING_URI into os.environ. With the
+    environment first, the store of one in-process run (a pytest session, a Hydra multirun)
+    would silently capture every later run that names its own store. Runs that name none
+    (`tracking_uri: null`) still follow the environment, e.g. a shared tracking server."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def _to_container(cfg):
+def _resolved(cfg):
+    """Plain, resolved containers without the top-level `hydra` node.
+
+    `hydra` is dropped before resolving: its interpolations (${hydra:...}, ${now:...}) only
+    resolve inside a running Hydra app, and it describes the launcher, not the experiment."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    if isinstance(cfg, (DictConfig, ListConfig)):
+    if isinstance(cfg, DictConfig):
+        if "hydra" in cfg:
+            cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
         return OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(cfg, ListConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(cfg, dict):
+        return {k: v for k, v in cfg.items() if k != "hydra"}
     return cfg
 
 
+def _param_value(value) -> str:
+    """str(value), cut to MLflow's limit with a visible marker (MLflow rejects longer values)."""
+    text = str(value)
+    if len(text) <= MAX_PARAM_CHARS:
+        return text
+    return text[: MAX_PARAM_CHARS - len(TRUNCATED)] + TRUNCATED
+
+
 def flatten_config(cfg, prefix: str = "") -> dict[str, str]:
-    """{"method.group_size": "12", "reward.weights.tiny_clip": "0.7", "list.0": ...}; values
-    stringified and cut to MLflow's limit; the `hydra` node is skipped."""
-    out: dict[str, str] = {}
-    node = _to_container(cfg)
+    """{"method.group_size": "12", "reward.weights.tiny_clip": "0.7", "xs.0": "1", ...}.
+
+    MLflow params are flat strings; dotted keys keep the config tree searchable in the UI
+    (`params."method.group_size" = '12'`). Empty dicts/lists stay as one param ("{}", "[]")
+    so that every config key is visible."""
+    return _flatten(_resolved(cfg), prefix)
+
+
+def _flatten(node, prefix: str) -> dict[str, str]:
     items = node.items() if isinstance(node, dict) else enumerate(node)
+    out: dict[str, str] = {}
     for key, value in items:
-        if not prefix and key == "hydra":
-            continue
         name = f"{prefix}{key}"
         if isinstance(value, (dict, list)) and value:
-            out.update(flatten_config(value, prefix=f"{name}."))
+            out.update(_flatten(value, f"{name}."))
         else:
-            text = str(value)
-            out[name] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+            out[name] = _param_value(value)
     return out
 
 
-def run_name(cfg) -> str:
-    """'dancegrpo G12 clip1e-04 a0.3 lr1e-05 s0': the method and its key hyper-parameters."""
-    from omegaconf import OmegaConf
+def _sci(value) -> str:
+    """1e-4 -> '1e-04', 2.5e-5 -> '2.5e-05' (not rounded to '2e-05': names must stay distinct)."""
+    if not isinstance(value, (int, float)) or value == 0:
+        return str(value)
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
-    c = OmegaConf.create(_to_container(cfg))
+
+RUN_NAME_PARTS = (  # (config key, how it reads in the name)
+    ("method.name", str),
+    ("method.group_size", lambda v: f"G{v}"),
+    ("method.clip_eps", lambda v: f"clip{_sci(v)}"),
+    ("method.noise_level", lambda v: f"a{v:g}" if isinstance(v, (int, float)) else f"a{v}"),
+    ("method.lr", lambda v: f"lr{_sci(v)}"),
+    ("seed", lambda v: f"s{v}"),
+)
+
+
+def run_name(cfg) -> str:
+    """'dancegrpo G12 clip1e-04 a0.3 lr1e-05 s0': the method and its key hyper-parameters.
+
+    The MLflow run list shows names first; this makes sweep members tell apart at a glance.
+    Keys the config lacks are left out."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(_resolved(cfg))
     parts = []
-    for key, fmt in (
-        ("method.name", "{}"),
-        ("method.group_size", "G{}"),
-        ("method.clip_eps", "clip{:.0e}"),
-        ("method.noise_level", "a{:g}"),
-        ("method.lr", "lr{:.0e}"),
-        ("seed", "s{}"),
-    ):
-        value = OmegaConf.select(c, key, default=None)
+    for key, fmt in RUN_NAME_PARTS:
+        value = OmegaConf.select(node, key, default=None)
         if value is not None:
-            parts.append(fmt.format(value))
+            parts.append(fmt(value))
     return " ".join(parts) or "flowrl"
 
 
-def git_commit(repo_dir: str | Path | None = None) -> str | None:
+def _git(args: list[str], repo_dir: str | Path | None) -> str | None:
+    """stdout of a git command, None outside a checkout or without git (never raises)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
+        out = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(repo_dir: str | Path | None = None) -> str | None:
+    """HEAD of the checkout holding repo_dir (default: the working directory), so a run can be
+    reproduced from its commit; None outside a git checkout."""
+    out = _git(["rev-parse", "HEAD"], repo_dir)
+    return out.strip() if out and out.strip() else None
 
 
 def git_dirty(repo_dir: str | Path | None = None) -> bool | None:
-    try:
-        out = subprocess.run(["git", "status", "--porcelain"], cwd=repo_dir, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    """True if tracked files differ from HEAD (then the commit alone does not reproduce the run).
+
+    Untracked files are ignored: run outputs (mlflow.db, outputs/) would mark every run dirty."""
+    out = _git(["status", "--porcelain", "--untracked-files=no"], repo_dir)
+    return None if out is None else bool(out.strip())
 
 
 def build_mlflow_logger(
-    experiment_name: str = "flowrl", run_name: str | None = None, tracking_uri: str | None = None, tags: dict | None = None
+    experiment_name: str = "flowrl",
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    tags: dict | None = None,
+    log_model: bool = False,
 ):
-    """A Lightning MLFlowLogger on the resolved tracking uri."""
+    """A Lightning MLFlowLogger on the resolved tracking uri (the Hydra target of conf/logger).
+
+    Without an explicit uri Lightning would fall back to a ./mlruns file store, which MLflow
+    refuses; the run itself is created lazily, on the first use of `.experiment` / `.run_id`."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     return MLFlowLogger(
-        experiment_name=experiment_name, run_name=run_name, tracking_uri=resolve_tracking_uri(tracking_uri), tags=dict(tags or {})
+        experiment_name=experiment_name,
+        run_name=run_name,
+        tracking_uri=resolve_tracking_uri(tracking_uri),
+        tags={str(k): str(v) for k, v in (tags or {}).items()},
+        log_model=log_model,
     )
 
 
 def log_run_metadata(logger, cfg, seed: int | None = None) -> None:
-    """Params (flattened resolved config, in batches of 100), git/seed tags, resolved yaml."""
+    """Params (the flattened resolved config), tags (git commit, dirty tree, seed) and the
+    resolved config as artifact config/resolved.yaml.
+
+    Params go through log_batch in chunks of 100 (the store's per-request limit; MLflow 3's client
+    chunks too, the explicit chunks keep this independent of that), not through
+    logger.log_hyperparams, which silently cuts values to 250 characters. The git state is read
+    from this package's checkout, not from the working directory, which may be anywhere."""
     from mlflow.entities import Param
     from omegaconf import OmegaConf
 
     client, run_id = logger.experiment, logger.run_id
-    params = [Param(k, v) for k, v in flatten_config(cfg).items()]
-    for i in range(0, len(params), PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=params[i : i + PARAMS_PER_BATCH])
-    repo = Path(__file__).resolve().parents[2]
-    for key, value in (("git_commit", git_commit(repo)), ("git_dirty", git_dirty(repo)), ("seed", seed)):
+    params = [Param(key, value) for key, value in flatten_config(cfg).items()]
+    for start in range(0, len(params), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[start : start + PARAMS_PER_BATCH])
+
+    resolved = _resolved(cfg)
+    if seed is None and isinstance(resolved, dict):
+        seed = resolved.get("seed")
+    package_dir = Path(__file__).resolve().parent
+    tags = {"git_commit": git_commit(package_dir), "git_dirty": git_dirty(package_dir), "seed": seed}
+    for key, value in tags.items():
         if value is not None:
             client.set_tag(run_id, key, str(value))
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resolved.yaml"
-        path.write_text(OmegaConf.to_yaml(OmegaConf.create(_to_container(cfg))))
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
         client.log_artifact(run_id, str(path), artifact_path="config")
 
 
 def log_image_grid(logger, images, name: str, step: int, nrow: int = 8) -> str:
-    """images [B, 3, H, W] in [0, 1] -> artifact images/{name}_step{step:06d}.png."""
+    """images [B, 3, H, W] in [0, 1] -> PNG artifact images/{name}_step{step:06d}.png; returns that path.
+
+    Small images are nearest-upscaled to about 128 px so that 32 px samples stay readable in the UI;
+    the zero-padded step keeps the artifact list in training order."""
     from flowrl.utils.images import save_grid
 
+    images = images.detach().cpu()
     upscale = max(1, 128 // images.shape[-1])
+    filename = f"{name}_step{step:06d}.png"
     with tempfile.TemporaryDirectory() as tmp:
-        path = save_grid(images, Path(tmp) / f"{name}_step{step:06d}.png", nrow=nrow, upscale=upscale)
+        path = save_grid(images, Path(tmp) / filename, nrow=nrow, upscale=upscale)
         logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="images")
-    return f"images/{path.name}"
+    return f"images/{filename}"
 
 
 def log_artifact_path(logger, path: str | Path, artifact_path: str | None = None) -> None:
-    """A file or a whole directory."""
+    """A file or a whole directory (e.g. final weights) under artifact_path of the run."""
     path = Path(path)
     if path.is_dir():
         logger.experiment.log_artifacts(logger.run_id, str(path), artifact_path=artifact_path)
@@ -138,6 +217,8 @@ def log_artifact_path(logger, path: str | Path, artifact_path: str | None = None
 
 
 def metrics_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """[(step, value), ...] of one metric, by step: for tests and run comparisons without the UI."""
     from mlflow.tracking import MlflowClient
 
-    return [(m.step, m.value) for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)]
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, key)
+    return sorted(((m.step, m.value) for m in history), key=lambda sv: sv[0])
