@@ -1,0 +1,36 @@
+"""Errors a user can fix, reported as one line (no traceback) by the entry points.
+
+`python -m flowrl.train` catches `UserFacingError` and prints `flowrl: <message>` then exits 2.
+Raise it before any heavy work: a missing checkpoint must be reported in seconds, not after a
+12 GB model has been loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserFacingError(RuntimeError):
+    """An error whose message alone tells the user what to do."""
+
+
+class CheckpointNotFound(UserFacingError):
+    """A model or reward checkpoint is missing on local disk (flowrl never downloads at run time)."""
+
+    def __init__(self, what: str, path: str | Path | None, where: str, hint: str = ""):
+        shown = "<not set>" if path in (None, "") else str(path)
+        msg = f"{what} checkpoint not found: {shown} (get it from {where}"
+        msg += f"; {hint})" if hint else ")"
+        super().__init__(msg)
+        self.path = path
+
+
+def require_path(what: str, path: str | Path | None, where: str, hint: str = "", kind: str = "any") -> Path:
+    """Return `path` as a Path if it exists (kind 'file' / 'dir' / 'any'), else raise CheckpointNotFound."""
+    if path in (None, ""):
+        raise CheckpointNotFound(what, path, where, hint)
+    p = Path(path).expanduser()
+    ok = p.is_file() if kind == "file" else p.is_dir() if kind == "dir" else p.exists()
+    if not ok:
+        raise CheckpointNotFound(what, p, where, hint)
+    return p
