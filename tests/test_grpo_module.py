@@ -27,61 +27,87 @@ def _cfg(tmp_path, *overrides):
         )
 
 
-def test_ratio_is_exactly_one_before_first_update(tiny_model):
-    # Re-evaluating every jump of a fresh rollout with the same weights (train mode, grad on)
-    # must reproduce the rollout's log-probs bit for bit: ratio = exp(0) = 1 exactly.
-    from flowrl.sampling.rollout import rollout_sde_trajectories, step_log_prob
-    from flowrl.sampling.sigmas import flow_sigmas
+PROMPTS = ["a red circle on a blue background", "a white square on a green background"]
+
+
+def _shapes_score(images, prompts):
+    from flowrl.rewards.shapes import ShapesReward
+
+    return {"shapes": ShapesReward()(images, prompts)}
+
+
+def _schedulers():
+    from flowrl.step_schedulers.dense_reward import DenseRewardStepScheduler
+    from flowrl.step_schedulers.entropy_merge import EntropyMergeStepScheduler
+    from flowrl.step_schedulers.singular_stochastic import SingularStochasticStepScheduler
     from flowrl.step_schedulers.uniform import UniformStepScheduler
 
-    for sde, noise_level in (("dance", 0.3), ("sde", 0.7)):
-        sched = UniformStepScheduler(num_steps=4, group_size=3, noise_level=noise_level, sde=sde)
-        sigmas = flow_sigmas(4, 3.0)
-        tiny_model.eval()
-        ro = rollout_sde_trajectories(
-            tiny_model,
-            sched,
-            ["a red circle on a blue background", "a white square on a green background"],
-            sigmas,
-            torch.Generator().manual_seed(0),
-            max_batch=4,
-        )
-        tiny_model.train()
-        for step in range(4):
-            for start in range(0, 6, 4):
-                rows = slice(start, min(6, start + 4))
-                new = step_log_prob(tiny_model, sched, ro, step, rows).log_prob
-                assert torch.equal(torch.exp(new - ro.log_probs[rows, step]), torch.ones(rows.stop - rows.start)), (sde, step)
+    return {
+        "dance": UniformStepScheduler(num_steps=4, group_size=3, noise_level=0.3, sde="dance"),
+        "flowgrpo": UniformStepScheduler(num_steps=4, group_size=3, noise_level=0.7, sde="sde", same_initial_noise=False),
+        "egrpo": EntropyMergeStepScheduler(num_steps=8, group_size=3, num_branch_steps=4, tau=1.2),
+        "g2rpo": SingularStochasticStepScheduler(num_steps=6, group_size=3, num_branch_steps=3, granularities=[1, 2]),
+        "densegrpo": DenseRewardStepScheduler(num_steps=4, group_size=3, noise_levels=[0.7, 0.6, 0.5, 0.4]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["dance", "flowgrpo", "egrpo", "g2rpo", "densegrpo"])
+def test_ratio_is_exactly_one_before_first_update(tiny_model, kind):
+    # Re-evaluating every jump of a fresh rollout with the same weights (train mode, grad on)
+    # must reproduce the rollout's log-probs bit for bit: ratio = exp(0) = 1 exactly. The training
+    # forward uses the rollout's row chunks (max_batch 4 splits the 6 rows of the sde plans).
+    from flowrl.sampling.rollout import chunks, jump_log_prob, rollout
+    from flowrl.sampling.sigmas import flow_sigmas
+
+    sched = _schedulers()[kind]
+    sigmas = flow_sigmas(sched.num_steps, 3.0)
+    tiny_model.eval()
+    ro = rollout(tiny_model, sched, PROMPTS, sigmas, _shapes_score, torch.Generator().manual_seed(0), max_batch=4)
+    tiny_model.train()
+    try:
+        for j in range(len(sched.plan().jumps)):
+            js = ro.jump_sets[j]
+            for rows in chunks(js.x.shape[0], 4):
+                out = jump_log_prob(tiny_model, sched, ro, js, rows)
+                assert out.log_prob.requires_grad
+                ratio = torch.exp(out.log_prob - js.log_prob[rows].flatten())
+                assert torch.equal(ratio, torch.ones_like(ratio)), (kind, j)
+    finally:
         tiny_model.eval()
 
 
 def test_rollout_same_initial_noise_and_nfe(tiny_model):
-    from flowrl.sampling.rollout import rollout_sde_trajectories
+    from flowrl.sampling.rollout import rollout
     from flowrl.sampling.sigmas import flow_sigmas
     from flowrl.step_schedulers.uniform import UniformStepScheduler
 
+    prompt = ["a red circle on a blue background"]
     sched = UniformStepScheduler(num_steps=3, group_size=4, same_initial_noise=True)
-    ro = rollout_sde_trajectories(
-        tiny_model, sched, ["a red circle on a blue background"], flow_sigmas(3), torch.Generator().manual_seed(0), max_batch=3
-    )
-    assert ro.nfe == 4 * 3 and ro.latents.shape == (4, 4, *tiny_model.latent_shape) and ro.images.shape == (4, 3, 32, 32)
-    assert torch.equal(ro.latents[0, 0], ro.latents[3, 0])  # same x_1 in the group
-    assert not torch.equal(ro.latents[0, 1], ro.latents[3, 1])  # different SDE noise after
+    ro = rollout(tiny_model, sched, prompt, flow_sigmas(3), _shapes_score, torch.Generator().manual_seed(0), max_batch=3)
+    # 4 rows x 3 steps = 12 NFE, in 2 chunks (3 + 1 rows) per step = 6 forwards
+    assert ro.nfe == 4 * 3 and ro.forwards == 6 and ro.images.shape == (4, 3, 32, 32)
+    assert ro.parts["shapes"].shape == (1, 4) and len(ro.jump_sets) == 3
+    x1 = ro.jump_sets[0].x
+    assert torch.equal(x1[0], x1[3])  # same x_1 in the group
+    assert not torch.equal(ro.jump_sets[1].x[0], ro.jump_sets[1].x[3])  # different SDE noise after
     sched2 = UniformStepScheduler(num_steps=3, group_size=4, same_initial_noise=False)
-    ro2 = rollout_sde_trajectories(
-        tiny_model, sched2, ["a red circle on a blue background"], flow_sigmas(3), torch.Generator().manual_seed(0)
-    )
-    assert not torch.equal(ro2.latents[0, 0], ro2.latents[3, 0])
+    ro2 = rollout(tiny_model, sched2, prompt, flow_sigmas(3), _shapes_score, torch.Generator().manual_seed(0))
+    assert not torch.equal(ro2.jump_sets[0].x[0], ro2.jump_sets[0].x[3])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dancegrpo", "flowgrpo"])
+@pytest.mark.parametrize("method", ["dancegrpo", "flowgrpo", "egrpo", "g2rpo", "densegrpo"])
 def test_two_iterations_end_to_end(tmp_path, method):
     import mlflow
 
     from flowrl.train import train
 
-    summary = train(_cfg(tmp_path, f"method={method}", "logger.experiment_name=e2e"))
+    extra = {
+        "egrpo": ["method.num_branch_steps=2", "method.tau=1.0"],
+        "g2rpo": ["method.num_branch_steps=2", "method.granularities=[1,2]"],
+        "densegrpo": ["method.calibration.iterations=1", "method.calibration.num_prompts=2"],
+    }.get(method, [])
+    summary = train(_cfg(tmp_path, f"method={method}", "logger.experiment_name=e2e", *extra))
     assert {"before/val/reward/shapes", "after/val/reward/shapes", "after/val/reward/tiny_clip"} <= set(summary)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
@@ -101,3 +127,5 @@ def test_two_iterations_end_to_end(tmp_path, method):
     assert run.data.params["method.name"] == method
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "images", "final_model"} <= artifacts
+    if method == "densegrpo":  # the calibration phase ran and its noise-level table is an artifact
+        assert "calibration.json" in artifacts

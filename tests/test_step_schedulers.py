@@ -26,9 +26,10 @@ def test_uniform_advantages_clamped():
     s = UniformStepScheduler(group_size=40)
     r = torch.zeros(1, 40)
     r[0, -1] = 1.0
-    adv = s.advantages(r)
-    assert adv[0, -1].item() == pytest.approx(5.0)  # clamped from 6.245
-    assert adv[0, 0].item() == pytest.approx(-0.025 / 0.156125, rel=1e-4)
+    adv = s.advantages(r)  # [P, G, T]: the final image's advantage on every step of its trajectory
+    assert adv.shape == (1, 40, 16) and torch.equal(adv[..., 0], adv[..., 15])
+    assert adv[0, -1, 0].item() == pytest.approx(5.0)  # clamped from 6.245
+    assert adv[0, 0, 0].item() == pytest.approx(-0.025 / 0.156125, rel=1e-4)
 
 
 def test_uniform_per_prompt_stats_pool_repeated_prompts():
@@ -36,12 +37,12 @@ def test_uniform_per_prompt_stats_pool_repeated_prompts():
     # -> [-1.3416, -0.4472, 0.4472, 1.3416]; group "b" alone: [1, 3] -> [-1, 1].
     s = UniformStepScheduler(group_size=2, group_by="prompt")
     r = torch.tensor([[0.0, 2.0], [1.0, 3.0], [4.0, 6.0]])
-    adv = s.advantages(r, ["a", "b", "a"])
+    adv = s.advantages(r, ["a", "b", "a"])[..., 0]
     expected = torch.tensor([[-1.3416, -0.4472], [-1.0, 1.0], [0.4472, 1.3416]])
     torch.testing.assert_close(adv, expected, atol=1e-4, rtol=0)
     # per-group statistics instead: each row normalised alone
     s2 = UniformStepScheduler(group_size=2, group_by="group")
-    torch.testing.assert_close(s2.advantages(r), torch.tensor([[-1.0, 1.0]] * 3))
+    torch.testing.assert_close(s2.advantages(r)[..., 0], torch.tensor([[-1.0, 1.0]] * 3))
 
 
 def test_uniform_plan_budget_dancegrpo_defaults():
@@ -88,5 +89,5 @@ def test_validation():
         UniformStepScheduler(timestep_fraction=0)
     with pytest.raises(ValueError, match="group_by"):
         UniformStepScheduler(group_by="batch")
-    with pytest.raises(ValueError, match=r"rewards \[P, G\]"):
+    with pytest.raises(ValueError, match=r"rewards \[P, 12\]"):
         UniformStepScheduler().advantages(torch.zeros(12))

@@ -30,6 +30,16 @@ def prompt_loaders(data, cfg: DictConfig):
     return train, val
 
 
+def calibration_prompts(data, cfg: DictConfig) -> list[str]:
+    """The train prompts a method's pre-training calibration may use: the first `prompts_per_step`
+    of a fixed shuffle (seeded), so calibration never sees held-out prompts."""
+    import random
+
+    prompts = list(data.train)
+    random.Random(cfg.seed).shuffle(prompts)
+    return prompts[: cfg.train.prompts_per_step]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
@@ -69,6 +79,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, logger=logger)
     train_loader, val_loader = prompt_loaders(data, cfg)
 
+    module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates (DenseGRPO)
     before = trainer.validate(module, val_loader, verbose=False)[0]
     trainer.fit(module, train_loader, val_loader)
     after = trainer.validate(module, val_loader, verbose=False)[0]

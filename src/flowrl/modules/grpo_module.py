@@ -18,8 +18,9 @@ import torch
 
 from flowrl.losses.grpo import grpo_loss
 from flowrl.sampling.ode import generate
-from flowrl.sampling.rollout import rollout_sde_trajectories, step_log_prob
+from flowrl.sampling.rollout import Rollout, chunks, jump_log_prob, rollout
 from flowrl.sampling.sigmas import flow_sigmas
+from flowrl.step_schedulers.base import RewardScores
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ValConfig:
     seed: int = 1234
     num_steps: int = 16  # ODE steps for evaluation
     grid_prompts: int = 8  # prompts shown in the logged grid
+    train_grid_every: int = 10  # log a grid of rollout images every n iterations
 
 
 class GRPOModule(L.LightningModule):
@@ -86,32 +88,45 @@ class GRPOModule(L.LightningModule):
         return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     # ---- training -------------------------------------------------------------------------
+    def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The trained reward's parts for a chunk of images (the engine calls this per chunk)."""
+        return self.reward.components(images, prompts)
+
+    def rollout(self, prompts: list[str]) -> tuple[Rollout, RewardScores]:
+        """Sample under the current policy (no grad) and score every image the plan asks for."""
+        self.model.eval()
+        ro = rollout(self.model, self.step_scheduler, list(prompts), self.sigmas, self.score, self.generator, self.max_batch)
+        combine = getattr(self.reward, "combine", None)
+        total = combine(ro.parts) if combine is not None else ro.parts[self.reward.name]
+        weights = dict(getattr(self.reward, "weights", {self.reward.name: 1.0}))
+        return ro, RewardScores(ro.parts, total, weights)
+
     def training_step(self, prompts: list[str], batch_idx: int):
         start = time.perf_counter()
-        # 1. rollout: G stochastic trajectories per prompt under the current policy, no grad
-        self.model.eval()
-        rollout = rollout_sde_trajectories(self.model, self.step_scheduler, prompts, self.sigmas, self.generator, self.max_batch)
+        # 1. rollout: the step scheduler's plan under the current policy, every image scored
+        ro, scores = self.rollout(prompts)
         rollout_s = time.perf_counter() - start
-        # 2. reward of the final images, then group-relative advantages [P, G] -> [P*G]
-        rewards = self.reward(rollout.images, rollout.prompts)
-        adv = self.step_scheduler.advantages(rewards.view(len(prompts), -1), list(prompts)).reshape(-1)
-        # 3. one optimizer step per trained denoising step
+        # 2. group-relative advantages for every (sample, stochastic jump): [P, G, J]
+        adv = self.step_scheduler.advantages(scores, list(prompts))
+        # 3. policy-gradient updates on the trained jumps, one forward per start state
         self.model.train()
         opt = self.optimizers()
-        trained = self.step_scheduler.sample_trained_steps(self.generator)
-        logs: list[dict] = []
-        n = len(rollout.prompts)
+        trained = self.step_scheduler.trained_jumps(self.generator)
+        total_terms = sum(ro.jump_sets[j].log_prob.numel() for j in trained)
         per_step = self.optim.optimizer_step == "step"
+        logs: list[dict] = []
         opt.zero_grad(set_to_none=True)
-        for step in trained:
-            for start_row in range(0, n, self.max_batch):
-                rows = slice(start_row, min(n, start_row + self.max_batch))
-                out = step_log_prob(self.model, self.step_scheduler, rollout, step, rows)
-                ref_mean = self._ref_mean(rollout, step, rows) if self.ref_model is not None else None
+        for j in trained:
+            js = ro.jump_sets[j]
+            adv_j = adv[:, :, j].reshape(js.log_prob.shape).to(js.log_prob.device)  # [M, K]
+            terms = js.log_prob.numel()
+            for rows in chunks(js.x.shape[0], self.max_batch):  # the rollout's chunks: ratio 1 bit for bit
+                out = jump_log_prob(self.model, self.step_scheduler, ro, js, rows)
+                ref_mean = self._ref_mean(ro, js, rows) if self.ref_model is not None else None
                 res = grpo_loss(
                     out.log_prob,
-                    rollout.log_probs[rows, step],
-                    adv[rows],
+                    js.log_prob[rows].flatten(),
+                    adv_j[rows].flatten(),
                     self.optim.clip_eps,
                     adv_clip=self.optim.adv_clip,
                     kl_beta=self.optim.kl_beta,
@@ -119,7 +134,8 @@ class GRPOModule(L.LightningModule):
                     ref_mean=ref_mean,
                     std=out.std if ref_mean is not None else None,
                 )
-                weight = (rows.stop - rows.start) / n / (1 if per_step else len(trained))  # mean over rows (and steps)
+                # mean over every trained (sample, jump) term of the iteration, or of the step
+                weight = out.log_prob.numel() / (terms if per_step else total_terms)
                 self.manual_backward(res.loss * weight)
                 logs.append(res.metrics())
             if per_step:
@@ -128,22 +144,36 @@ class GRPOModule(L.LightningModule):
             self._optimizer_step(opt)
         # 4. metrics (namespaced)
         metrics = {k: sum(d[k] for d in logs) / len(logs) for k in logs[0]}
+        for name, part in scores.parts.items():
+            metrics[f"train/reward/{name}"] = part.mean().item()
         metrics.update(
             {
-                f"train/reward/{self.reward.name}": rewards.mean().item(),
-                "train/reward_std": rewards.std().item(),
+                "train/reward_std": scores.total.std().item(),
                 "train/adv_std": adv.std().item(),
+                "train/adv_abs_mean": adv.abs().mean().item(),
                 "train/first_step_ratio_mean": logs[0]["train/ratio_mean"],
-                "perf/nfe": float(rollout.nfe),
+                "perf/nfe": float(ro.nfe),
+                "perf/forwards": float(ro.forwards),
                 "perf/rollout_s": rollout_s,
                 "perf/iteration_s": time.perf_counter() - start,
             }
         )
         self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=len(prompts))
-        self.log(
-            "reward", rewards.mean().item(), prog_bar=True, logger=False, batch_size=len(prompts)
-        )  # bar only; MLflow gets train/reward/<name>
+        # bar only; MLflow gets train/reward/<name>
+        self.log("reward", scores.total.mean().item(), prog_bar=True, logger=False, batch_size=len(prompts))
+        if batch_idx % max(1, self.val_cfg.train_grid_every) == 0 and hasattr(self.logger, "run_id"):
+            from flowrl.tracking import log_image_grid
+
+            log_image_grid(self.logger, ro.images[: self.val_cfg.grid_prompts * 4], "train", step=self.global_step, nrow=8)
         return None
+
+    def calibrate(self, prompts: list[str], logger=None) -> dict | None:
+        """The step scheduler's optional pre-training phase (e.g. DenseGRPO's exploration
+        calibration), run with this module's rollout; logged as an artifact when it happens."""
+        record = self.step_scheduler.calibrate(self.rollout, list(prompts))
+        if record is not None and hasattr(logger, "run_id"):
+            logger.experiment.log_dict(logger.run_id, record, "calibration.json")
+        return record
 
     def _optimizer_step(self, opt) -> None:
         if self.optim.grad_clip > 0:
@@ -152,8 +182,8 @@ class GRPOModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def _ref_mean(self, rollout, step: int, rows: slice) -> torch.Tensor:
-        return step_log_prob(self.ref_model, self.step_scheduler, rollout, step, rows).mean
+    def _ref_mean(self, ro: Rollout, js, rows: slice) -> torch.Tensor:
+        return jump_log_prob(self.ref_model, self.step_scheduler, ro, js, rows).mean
 
     # ---- validation: held-out prompts, fixed noise, every eval reward ---------------------
     def validation_step(self, prompts: list[str], batch_idx: int):

@@ -1,36 +1,64 @@
-"""The rollout engine: executes a step scheduler's plan with batched model calls, no gradient,
-and records what training needs (every latent on the trajectory, each jump's log-prob under the
-rollout policy). One code path for the tiny and the real models.
+"""The rollout engine: executes any step scheduler's plan with batched model calls, no gradient,
+and records what training needs (each trained jump's start state, its sampled successors and
+their log-probs under the rollout policy). One code path for the tiny and the real models.
 
-Rows are prompt-major: prompt p's group is rows p*G .. p*G+G-1. A forward takes up to
-`max_batch` rows (a whole group and several prompts at once when memory allows).
+Two trajectory kinds (plan.trajectory):
+  "sde"    G full stochastic trajectories per prompt (DanceGRPO, Flow-GRPO, DenseGRPO); with
+           plan.intermediate_completions every intermediate latent is also ODE-completed and scored.
+  "anchor" one ODE anchor trajectory per prompt; at each branch point the G samples leave the
+           anchor with one SDE jump, then follow each completion schedule (E-GRPO, G²RPO).
+All deterministic completions of a rollout run together in one "wavefront": every forward
+takes up to `max_batch` rows, whatever sigma each row is at (the models take one sigma per row).
+
+Rows are prompt-major: prompt p's group is rows p*G .. p*G+G-1. The velocity at an anchor state
+is computed once and shared by the G jumps that leave it (they differ only in their noise), so an
+anchor branch costs the papers' count minus one NFE per sample; `Rollout.nfe` is what was spent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from flowrl.models.base import PromptEmbeds
+from flowrl.sampling.steps import ode_step
+
+ScoreFn = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]  # images [B,3,H,W], prompts -> {part: [B]}
+
+
+@dataclass
+class JumpSet:
+    """The stochastic jumps sigmas[start] -> sigmas[stop] of one rollout for one plan jump: M
+    distinct start states with K sampled successors each (K = 1 for full SDE trajectories,
+    K = G for a branch leaving the anchor). Training re-evaluates one forward per start state."""
+
+    start: int
+    stop: int
+    x: torch.Tensor  # [M, *latent] state before the jump
+    embed_index: torch.Tensor  # [M] long: row of Rollout.embeds (the prompt)
+    x_next: torch.Tensor  # [M, K, *latent] sampled states after the jump
+    log_prob: torch.Tensor  # [M, K] fp32 log-prob of each successor under the rollout policy
 
 
 @dataclass
 class Rollout:
     """One rollout of P prompts x G samples; crosses engine -> module."""
 
-    prompts: list[str]  # [P*G], each prompt repeated G times
-    embeds: PromptEmbeds  # [P*G]
-    sigmas: torch.Tensor  # [T+1]
-    latents: torch.Tensor  # [P*G, T+1, *latent] x at every sigma index (x[:, 0] = noise)
-    log_probs: torch.Tensor  # [P*G, T] fp32 log-prob of each jump under the rollout policy
-    images: torch.Tensor  # [P*G, 3, H, W] in [0, 1]
-    nfe: int  # model evaluations (rows x steps) spent
+    prompts: list[str]  # [P]
     group_size: int
+    embeds: PromptEmbeds  # [P]
+    sigmas: torch.Tensor  # [T+1]
+    jump_sets: list[JumpSet]  # one per plan jump, in plan.jumps order
+    parts: dict[str, torch.Tensor]  # raw reward of every scored image, [P, G, *plan.score_shape]
+    images: torch.Tensor  # [n, 3, H, W] the first scored images (for sample grids)
+    nfe: int  # model evaluations (rows x forwards) spent
+    forwards: int  # model calls
 
     @property
     def num_prompts(self) -> int:
-        return len(self.prompts) // self.group_size
+        return len(self.prompts)
 
 
 def initial_noise(
@@ -42,51 +70,209 @@ def initial_noise(
     return model.initial_noise(num_prompts * group_size, generator)
 
 
-def _chunks(n: int, size: int):
+def chunks(n: int, size: int):
+    """Row slices of at most `size`: the batching of every forward, rollout and training alike."""
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 
 
+class _Counter:
+    def __init__(self):
+        self.nfe = 0
+        self.forwards = 0
+
+    def velocity(self, model, x, sigma, embeds):
+        self.nfe += x.shape[0]
+        self.forwards += 1
+        return model.velocity(x, sigma, embeds)
+
+
+def _velocities(model, x, sigma, embeds: PromptEmbeds, max_batch: int, counter: _Counter) -> torch.Tensor:
+    """v for every row of x at one sigma, chunked by max_batch rows."""
+    v = torch.empty_like(x)
+    for sl in chunks(x.shape[0], max_batch):
+        v[sl] = counter.velocity(model, x[sl], sigma.expand(sl.stop - sl.start).to(x), embeds[sl])
+    return v
+
+
+def ode_complete_and_score(
+    model,
+    x: torch.Tensor,
+    embed_index: torch.Tensor,
+    schedules: list[list[int]],
+    lane_of_row: torch.Tensor,
+    sigmas: torch.Tensor,
+    embeds: PromptEmbeds,
+    prompts: list[str],
+    score_fn: ScoreFn,
+    max_batch: int,
+    counter: _Counter,
+    keep_images: int = 0,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Integrate the ODE for every row along its lane's schedule (sigma indices), decode, score.
+
+    x [R, *latent] (modified in place), embed_index [R] (prompt of each row), lane_of_row [R]
+    (index into schedules). Wavefront: at tick t every row that still has a step left moves one
+    step; the active rows go through the model max_batch at a time, each at its own sigma.
+    Returns ({part: [R]}, the first keep_images images).
+    """
+    sched = torch.full((len(schedules), max(len(s) for s in schedules)), -1, dtype=torch.long)
+    for i, s in enumerate(schedules):
+        sched[i, : len(s)] = torch.tensor(s)
+    row_sched = sched[lane_of_row.cpu()]  # [R, L] sigma indices, -1 past the end
+    steps_left = (row_sched >= 0).sum(1) - 1  # [R]
+    for t in range(int(steps_left.max())):
+        active = torch.nonzero(steps_left > t).squeeze(1)
+        for sl in chunks(active.numel(), max_batch):
+            rows = active[sl]
+            s, s_next = sigmas[row_sched[rows, t]], sigmas[row_sched[rows, t + 1]]
+            xr = x[rows.to(x.device)]
+            v = counter.velocity(model, xr, s.to(xr), embeds[embed_index[rows]])
+            x[rows.to(x.device)] = ode_step(xr, v, s, s_next)
+    parts: dict[str, list[torch.Tensor]] = {}
+    kept = []
+    for sl in chunks(x.shape[0], max_batch):
+        images = model.decode(x[sl])
+        rows_prompts = [prompts[i] for i in embed_index[sl].tolist()]
+        for name, score in score_fn(images, rows_prompts).items():
+            parts.setdefault(name, []).append(score.float().cpu())
+        if sum(k.shape[0] for k in kept) < keep_images:
+            kept.append(images.cpu())
+    images = torch.cat(kept)[:keep_images] if kept else torch.empty(0)
+    return {k: torch.cat(v) for k, v in parts.items()}, images
+
+
 @torch.no_grad()
-def rollout_sde_trajectories(
+def rollout(
     model,
     step_scheduler,
     prompts: list[str],
     sigmas: torch.Tensor,
+    score_fn: ScoreFn,
     generator: torch.Generator | None = None,
     max_batch: int = 64,
+    keep_images: int = 64,
 ) -> Rollout:
-    """G full stochastic trajectories per prompt (plan.trajectory == 'sde'): every step is the
-    scheduler's SDE step. Costs P*G*T NFE in ceil(P*G / max_batch) * T forwards."""
+    """Execute step_scheduler.plan() for P prompts: sample, record the jumps, score every image."""
     plan = step_scheduler.plan()
-    if plan.trajectory != "sde":
-        raise ValueError(f"rollout_sde_trajectories runs 'sde' plans, got {plan.trajectory!r}")
     if len(sigmas) != plan.num_steps + 1:
         raise ValueError(f"plan has {plan.num_steps} steps but {len(sigmas)} sigmas")
-    g = plan.group_size
-    rows = [p for p in prompts for _ in range(g)]
-    embeds = model.encode_prompts(list(prompts)).repeat_interleave(g)
-    x = initial_noise(model, len(prompts), g, plan.same_initial_noise, generator)
-    n, t = x.shape[0], plan.num_steps
+    if plan.trajectory == "sde":
+        return _rollout_sde(model, step_scheduler, plan, list(prompts), sigmas, score_fn, generator, max_batch, keep_images)
+    return _rollout_anchor(model, step_scheduler, plan, list(prompts), sigmas, score_fn, generator, max_batch, keep_images)
+
+
+def _rollout_sde(model, step_scheduler, plan, prompts, sigmas, score_fn, generator, max_batch, keep_images) -> Rollout:
+    """G full stochastic trajectories per prompt; P*G*T NFE in ceil(P*G / max_batch) * T forwards,
+    plus the intermediate completions when the plan asks for them."""
+    g, t, p = plan.group_size, plan.num_steps, len(prompts)
+    counter = _Counter()
+    embeds = model.encode_prompts(prompts)
+    row_embeds = embeds.repeat_interleave(g)
+    x = initial_noise(model, p, g, plan.same_initial_noise, generator)
+    n = x.shape[0]
     latents = torch.empty((n, t + 1, *x.shape[1:]), dtype=x.dtype, device=x.device)  # preallocated
     log_probs = torch.empty((n, t), dtype=torch.float32, device=x.device)
     latents[:, 0] = x
-    noise = torch.randn((t, *x.shape), generator=generator, device=x.device)  # drawn up front: chunking cannot change samples
+    noise = torch.randn((t, *x.shape), generator=generator).to(x.device)  # drawn up front: chunking cannot change samples
     for i in range(t):
-        for sl in _chunks(n, max_batch):
-            xi = latents[sl, i]
-            v = model.velocity(xi, sigmas[i].expand(xi.shape[0]).to(xi), embeds[sl])
-            out = step_scheduler.sde_step(xi, v, sigmas[i], sigmas[i + 1], noise=noise[i, sl])
+        v = _velocities(model, latents[:, i], sigmas[i], row_embeds, max_batch, counter)
+        for sl in chunks(n, max_batch):
+            out = step_scheduler.sde_jump(latents[sl, i], v[sl], sigmas, i, i + 1, noise=noise[i, sl])
             latents[sl, i + 1] = out.prev_sample
             log_probs[sl, i] = out.log_prob
-    images = torch.cat([model.decode(latents[sl, t]) for sl in _chunks(n, max_batch)])
-    return Rollout(rows, embeds, sigmas, latents, log_probs, images, nfe=n * t, group_size=g)
+    row_prompt = torch.arange(p).repeat_interleave(g)
+    jump_sets = [
+        JumpSet(i, i + 1, latents[:, i], row_prompt, latents[:, i + 1].unsqueeze(1), log_probs[:, i : i + 1]) for i in range(t)
+    ]
+    # Scored images: the final latent (lane 0, schedule [T]: no NFE), then the ODE completion of
+    # each intermediate latent x_i (lane 1 + i) when the plan asks for dense rewards.
+    lanes = [[t], *plan.intermediate_completions]
+    x_all = torch.cat([latents[:, t], *(latents[:, i] for i in range(len(lanes) - 1))])
+    lane_of_row = torch.arange(len(lanes)).repeat_interleave(n)
+    parts, images = ode_complete_and_score(
+        model,
+        x_all,
+        row_prompt.repeat(len(lanes)),
+        lanes,
+        lane_of_row,
+        sigmas,
+        embeds,
+        prompts,
+        score_fn,
+        max_batch,
+        counter,
+        keep_images=keep_images,
+    )
+    parts = {k: v.view(len(lanes), p, g) for k, v in parts.items()}
+    if plan.intermediate_completions:  # [P, G, T+1]: R(x_0), ..., R(x_{T-1}), R(x_T) = the final reward
+        parts = {k: torch.cat([v[1:], v[:1]]).permute(1, 2, 0) for k, v in parts.items()}
+    else:
+        parts = {k: v[0] for k, v in parts.items()}
+    return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
 
 
-def step_log_prob(model, step_scheduler, rollout: Rollout, step: int, rows: slice):
-    """Re-evaluate jump `step` of the given rows under the current (trainable) policy: the
-    training-time forward. Returns the SDEStepOutput (log_prob with grad, mean, std)."""
-    x = rollout.latents[rows, step]
-    sigma, sigma_next = rollout.sigmas[step], rollout.sigmas[step + 1]
-    v = model.velocity(x, sigma.expand(x.shape[0]).to(x), rollout.embeds[rows])
-    return step_scheduler.sde_step(x, v, sigma, sigma_next, prev_sample=rollout.latents[rows, step + 1])
+def _rollout_anchor(model, step_scheduler, plan, prompts, sigmas, score_fn, generator, max_batch, keep_images) -> Rollout:
+    """One ODE anchor per prompt up to the last branch point; G jumps per branch from the anchor
+    state (velocity shared); every (branch, completion) lane completed in one wavefront."""
+    g, p = plan.group_size, len(prompts)
+    counter = _Counter()
+    embeds = model.encode_prompts(prompts)
+    starts = sorted({b.jump.start for b in plan.branches})
+    x = model.initial_noise(p, generator)  # one anchor noise per prompt
+    anchor_x, anchor_v = {}, {}
+    for i in range(starts[-1] + 1):
+        v = _velocities(model, x, sigmas[i], embeds, max_batch, counter)
+        if i in starts:
+            anchor_x[i], anchor_v[i] = x, v
+        if i < starts[-1]:
+            x = ode_step(x, v, sigmas[i], sigmas[i + 1])
+    noise = torch.randn((len(plan.branches), p * g, *x.shape[1:]), generator=generator).to(x.device)
+    row_prompt = torch.arange(p).repeat_interleave(g)
+    jump_sets, lane_x, schedules = [], [], []
+    for b, branch in enumerate(plan.branches):
+        k, s = branch.jump.start, branch.jump.stop
+        xr, vr = anchor_x[k].repeat_interleave(g, 0), anchor_v[k].repeat_interleave(g, 0)
+        out = step_scheduler.sde_jump(xr, vr, sigmas, k, s, noise=noise[b])
+        jump_sets.append(
+            JumpSet(k, s, anchor_x[k], torch.arange(p), out.prev_sample.view(p, g, *x.shape[1:]), out.log_prob.view(p, g))
+        )
+        for c in branch.completions:
+            lane_x.append(out.prev_sample)
+            schedules.append(c)
+    n_comp = len(plan.branches[0].completions)
+    lane_of_row = torch.arange(len(schedules)).repeat_interleave(p * g)
+    parts, images = ode_complete_and_score(
+        model,
+        torch.cat(lane_x),
+        row_prompt.repeat(len(schedules)),
+        schedules,
+        lane_of_row,
+        sigmas,
+        embeds,
+        prompts,
+        score_fn,
+        max_batch,
+        counter,
+        keep_images=keep_images,
+    )
+    parts = {k: v.view(len(plan.branches), n_comp, p, g).permute(2, 3, 0, 1) for k, v in parts.items()}  # [P, G, B, C]
+    return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
+
+
+def jump_log_prob(model, step_scheduler, rollout: Rollout, jump_set: JumpSet, rows: slice):
+    """Re-evaluate the jumps of start states `rows` under the current policy (the training
+    forward, with grad): one velocity per start state, shared by its K successors.
+    Returns the SDEStepOutput over the rows' M_rows*K successors (log_prob [M_rows*K])."""
+    x = jump_set.x[rows]
+    k = jump_set.x_next.shape[1]
+    sigma = rollout.sigmas[jump_set.start]
+    v = model.velocity(x, sigma.expand(x.shape[0]).to(x), rollout.embeds[jump_set.embed_index[rows]])
+    return step_scheduler.sde_jump(
+        x.repeat_interleave(k, 0),
+        v.repeat_interleave(k, 0),
+        rollout.sigmas,
+        jump_set.start,
+        jump_set.stop,
+        prev_sample=jump_set.x_next[rows].flatten(0, 1),
+    )

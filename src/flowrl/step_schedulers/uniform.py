@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from flowrl.step_schedulers.base import Jump, StepPlan, StepScheduler, group_normalize
+from flowrl.step_schedulers.base import Jump, StepPlan, StepScheduler, check_rewards, group_normalize
 
 
 class UniformStepScheduler(StepScheduler):
@@ -25,8 +25,9 @@ class UniformStepScheduler(StepScheduler):
         group_by: str = "group",
         adv_clip: float = 5.0,
         method: str = "dancegrpo",
+        multi_reward: str = "combined",
     ):
-        super().__init__(num_steps, group_size, noise_level, sde, adv_clip)
+        super().__init__(num_steps, group_size, noise_level, sde, adv_clip, multi_reward)
         if not 0 < timestep_fraction <= 1:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {timestep_fraction}")
         if group_by not in ("group", "prompt"):
@@ -53,24 +54,29 @@ class UniformStepScheduler(StepScheduler):
             note=f"random {self.num_trained} of {self.num_steps} steps per iteration",
         )
 
-    def sample_trained_steps(self, generator: torch.Generator | None = None) -> list[int]:
-        """Which step indices get a policy-gradient term this iteration (random, sorted)."""
+    def trained_jumps(self, generator: torch.Generator | None = None) -> list[int]:
+        """A random `timestep_fraction` of the T steps, drawn anew each iteration (sorted)."""
         perm = torch.randperm(self.num_steps, generator=generator)[: self.num_trained]
         return sorted(perm.tolist())
 
-    def advantages(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+    sample_trained_steps = trained_jumps
+
+    def final_advantages(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
         """rewards [P, G] -> advantages [P, G]: normalised within each group ('group'), or over
         every sample of the same prompt string in the batch ('prompt', Flow-GRPO's per-prompt
         stat tracking, which pools groups whose prompts repeat)."""
-        if rewards.ndim != 2:
-            raise ValueError(f"uniform advantages take rewards [P, G], got shape {tuple(rewards.shape)}")
         if self.group_by == "group" or prompts is None:
-            adv = group_normalize(rewards)
-        else:
-            if len(prompts) != rewards.shape[0]:
-                raise ValueError(f"{rewards.shape[0]} groups but {len(prompts)} prompts")
-            adv = torch.empty_like(rewards, dtype=torch.float32)
-            for prompt in set(prompts):
-                rows = [i for i, p in enumerate(prompts) if p == prompt]
-                adv[rows] = group_normalize(rewards[rows].reshape(1, -1)).reshape(len(rows), -1)
-        return adv.clamp(-self.adv_clip, self.adv_clip)
+            return group_normalize(rewards)
+        if len(prompts) != rewards.shape[0]:
+            raise ValueError(f"{rewards.shape[0]} groups but {len(prompts)} prompts")
+        adv = torch.empty_like(rewards, dtype=torch.float32)
+        for prompt in set(prompts):
+            rows = [i for i, p in enumerate(prompts) if p == prompt]
+            adv[rows] = group_normalize(rewards[rows].reshape(1, -1)).reshape(len(rows), -1)
+        return adv
+
+    def normalize(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+        """The final image's advantage, shared by every step of its trajectory: [P, G] -> [P, G, T]."""
+        check_rewards(rewards, self.plan(), self.method)
+        adv = self.final_advantages(rewards, prompts)
+        return adv.unsqueeze(-1).expand(*adv.shape, self.num_steps)
