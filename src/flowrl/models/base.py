@@ -8,6 +8,8 @@ draw initial noise. Shapes are in comments; latents are "packed" ([B, N, C] toke
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
@@ -72,3 +74,34 @@ class FlowModel(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    # --- training hooks (generic: every backend keeps its policy network in `self.transformer`) ---
+    @property
+    def has_adapter(self) -> bool:
+        """True when a LoRA adapter is attached to the transformer (only the adapter trains)."""
+        from flowrl.models.lora import has_lora
+
+        return has_lora(self.transformer)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the policy optimizer trains: the LoRA weights when an adapter is attached, else every
+        transformer weight (full fine-tune). Decided by structure, not by the current requires_grad
+        flags, so it stays right after a trainer's `model.requires_grad_(False)`."""
+        if self.has_adapter:
+            from flowrl.models.lora import lora_parameters
+
+            return lora_parameters(self.transformer)
+        return list(self.transformer.parameters())
+
+    @contextmanager
+    def reference_policy(self) -> Iterator[bool]:
+        """Within the block the model is the reference (initial) policy when that is free: the
+        adapter is disabled and the block gets True. Without an adapter (full fine-tune) nothing
+        changes and the block gets False: the caller keeps a frozen copy for the KL reference."""
+        if not self.has_adapter:
+            yield False
+            return
+        from flowrl.models.lora import reference_policy
+
+        with reference_policy(self.transformer):
+            yield True

@@ -110,6 +110,7 @@ class TinyFluxModel(FlowModel):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} not divisible by patch_size {cfg.patch_size}")
         self.config = cfg
+        self.source: Path | None = None  # the checkpoint directory loaded (None: built or shipped)
         self.text_encoder = WordTextEncoder(cfg.vocab, cfg.text_dim, cfg.max_text_len)
         self.transformer = FluxTransformer2DModel(
             patch_size=1,
@@ -162,18 +163,30 @@ class TinyFluxModel(FlowModel):
 
     # --- persistence: diffusers format for the transformer, safetensors for the text table ---
     def save_pretrained(self, path: str | Path) -> None:
+        """Full weights: `transformer/` (diffusers) + the text table + the config json. With a LoRA
+        adapter: `pytorch_lora_weights.safetensors` (FluxPipeline.load_lora_weights format) instead
+        of `transformer/`, and the json names the base checkpoint it applies to."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(path / "transformer")
-        save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()}, str(path / "text_encoder.safetensors"))
         cfg = asdict(self.config)
+        if self.has_adapter:
+            from diffusers import FluxPipeline
+
+            from flowrl.models.lora import save_lora
+
+            save_lora(self.transformer, path, FluxPipeline)
+            cfg["lora_base"] = str(self.source) if self.source else None
+        else:
+            self.transformer.save_pretrained(path / "transformer")
+        save_file({k: v.contiguous() for k, v in self.text_encoder.state_dict().items()}, str(path / "text_encoder.safetensors"))
         (path / "flowrl_tiny_flux.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> TinyFluxModel:
-        """Load a directory written by save_pretrained (default: the shipped weights)."""
+        """Load a directory written by save_pretrained (default: the shipped weights); a LoRA
+        directory loads its base checkpoint, then the adapter (trainable)."""
         from diffusers import FluxTransformer2DModel
         from safetensors.torch import load_file
 
@@ -184,13 +197,29 @@ class TinyFluxModel(FlowModel):
                 f"tiny_flux checkpoint not found: {cfg_file} (regenerate it with `python -m flowrl.pretrain --out {path}`)"
             )
         raw = json.loads(cfg_file.read_text())
-        raw["axes_dims_rope"] = tuple(raw["axes_dims_rope"])
-        model = cls(TinyFluxConfig(**raw))
-        model.transformer = FluxTransformer2DModel.from_pretrained(path / "transformer")
+        if "lora_base" in raw:
+            from flowrl.models.lora import load_lora
+
+            base = raw.pop("lora_base")
+            model = cls.from_pretrained(base)
+            if json.loads(json.dumps(asdict(model.config))) != raw:
+                raise ValueError(f"LoRA in {path} was trained on another architecture than its base {base or WEIGHTS_DIR}")
+            load_lora(model.transformer, path)
+        else:
+            raw["axes_dims_rope"] = tuple(raw["axes_dims_rope"])
+            model = cls(TinyFluxConfig(**raw))
+            model.transformer = FluxTransformer2DModel.from_pretrained(path / "transformer")
         model.text_encoder.load_state_dict(load_file(str(path / "text_encoder.safetensors")))
+        model.source = path if path != WEIGHTS_DIR else None
         return model.eval()
 
 
-def load_tiny_flux(path: str | None = None, device: str = "cpu") -> TinyFluxModel:
-    """Hydra entry point (`model=tiny_flux`): the shipped weights, or a directory given by path."""
-    return TinyFluxModel.from_pretrained(path).to(device)
+def load_tiny_flux(path: str | None = None, device: str = "cpu", lora=None) -> TinyFluxModel:
+    """Hydra entry point (`model=tiny_flux`): the shipped weights, or a directory given by path.
+    `lora` ({rank, alpha, target_modules}) attaches a fresh LoRA adapter (flowrl.models.lora)."""
+    from flowrl.models.lora import add_lora, lora_options
+
+    model = TinyFluxModel.from_pretrained(path)
+    if (opts := lora_options(lora)) is not None:
+        add_lora(model.transformer, **opts)
+    return model.to(device)
