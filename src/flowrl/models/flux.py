@@ -1,0 +1,133 @@
+"""FLUX.1-dev behind FlowModel: diffusers FluxTransformer2DModel + AutoencoderKL, CLIP-L (pooled)
+and T5-XXL (per-token) text encoders, from a local diffusers directory.
+
+Conventions (checked against FluxPipeline by tests/test_real_models.py on a tiny random FLUX):
+- latents: 16-channel VAE latents at 1/8 resolution, scaled `(z - shift) * scale`, packed in 2x2
+  patches -> [B, (H/16)(W/16), 64]; RoPE ids (0, row, col) per token, zeros for text tokens.
+- timestep: the transformer takes sigma itself (it multiplies by 1000 inside; the pipeline
+  passes its scheduler timestep / 1000 = sigma).
+- guidance: FLUX.1-dev is guidance-distilled: the scale (3.5, DanceGRPO / E-GRPO) enters through
+  the transformer's guidance embedding, one row per sample, no CFG.
+- text: CLIP-L pooler output (77 tokens) -> pooled_projections; T5 last hidden state padded to
+  `max_sequence_length` (512, the pipeline default) -> encoder_hidden_states.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from flowrl.models.base import PromptEmbeds
+from flowrl.models.diffusers_base import (
+    DiffusersFlowModel,
+    check_pipeline_dir,
+    latent_image_ids,
+    make_prompt_encoder,
+    resolve_device,
+    resolve_dtype,
+)
+
+REPO = "black-forest-labs/FLUX.1-dev"
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+
+
+class FluxModel(DiffusersFlowModel):
+    pipeline_class = "FluxPipeline"
+
+    def __init__(self, *args, guidance_scale: float = 3.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guidance_scale = guidance_scale
+        self.register_buffer("img_ids", latent_image_ids(self.latent_h // 2, self.latent_w // 2), persistent=False)
+
+    def velocity(self, x_t: torch.Tensor, sigma, embeds: PromptEmbeds) -> torch.Tensor:
+        b = x_t.shape[0]
+        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(b)
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((b,), float(self.guidance_scale), device=x_t.device, dtype=torch.float32)
+        text = embeds.prompt_embeds.to(device=x_t.device, dtype=self.dtype)
+        txt_ids = torch.zeros(text.shape[1], 3, device=x_t.device, dtype=self.img_ids.dtype)
+        with self._autocast():
+            v = self.transformer(
+                hidden_states=x_t.to(self.dtype),
+                timestep=sigma,  # FLUX: timestep = sigma (x1000 inside the transformer)
+                guidance=guidance,
+                pooled_projections=embeds.pooled_prompt_embeds.to(device=x_t.device, dtype=self.dtype),
+                encoder_hidden_states=text,
+                txt_ids=txt_ids,
+                img_ids=self.img_ids,
+                return_dict=False,
+            )[0]
+        return v.to(x_t.dtype)
+
+
+def _text_encoders(path: Path, dtype: torch.dtype, max_sequence_length: int):
+    """(load, encode) for the PromptEncoder: CLIP-L pooled + T5 per-token, as FluxPipeline."""
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    tokenizer_2 = T5TokenizerFast.from_pretrained(path / "tokenizer_2")
+
+    def load() -> torch.nn.ModuleDict:
+        from transformers import CLIPTextModel, T5EncoderModel
+
+        clip = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=dtype)
+        t5 = T5EncoderModel.from_pretrained(path / "text_encoder_2", torch_dtype=dtype)
+        return torch.nn.ModuleDict({"clip": clip, "t5": t5}).requires_grad_(False).eval()
+
+    def encode(enc: torch.nn.ModuleDict, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        pooled = enc["clip"](ids.input_ids.to(device), output_hidden_states=False).pooler_output
+        ids2 = tokenizer_2(prompts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt")
+        tokens = enc["t5"](ids2.input_ids.to(device), output_hidden_states=False)[0]
+        return {"prompt_embeds": tokens, "pooled_prompt_embeds": pooled}
+
+    return load, encode
+
+
+def load_flux(
+    path: str | None = None,
+    device: str = "auto",
+    dtype: str = "bfloat16",
+    height: int = 512,
+    width: int = 512,
+    guidance_scale: float = 3.5,
+    max_sequence_length: int = 512,
+    lora=None,
+    lora_weights: str | None = None,
+    gradient_checkpointing: bool = False,
+    compile: bool = False,
+    autocast: bool = True,
+    cache_dir: str | None = None,
+    text_encoders_offload: str = "cpu",
+    decode_batch_size: int = 8,
+) -> FluxModel:
+    """Hydra entry point (`model=flux_dev`). `path`: a local diffusers FLUX.1 directory; checked
+    (CheckpointNotFound) before diffusers is imported. See conf/model/flux_dev.yaml for the options."""
+    root = check_pipeline_dir(path, "FLUX.1-dev", REPO, "FluxPipeline", COMPONENTS)
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt)
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dt)
+    load, encode = _text_encoders(root, dt, max_sequence_length)
+    prompt_encoder = make_prompt_encoder(
+        root, load, encode, dev, dt, cache_dir, text_encoders_offload, ("FluxPipeline", max_sequence_length)
+    )
+    model = FluxModel(
+        root,
+        transformer,
+        vae,
+        prompt_encoder,
+        height=height,
+        width=width,
+        dtype=dt,
+        autocast=autocast,
+        decode_batch_size=decode_batch_size,
+        guidance_scale=guidance_scale,
+    )
+    model._configure(lora, lora_weights, gradient_checkpointing, compile)
+    return model.to(dev)
