@@ -5,6 +5,7 @@ Reads as a table of contents: compose -> instantiate -> validate (before) -> fit
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -31,24 +32,21 @@ def prompt_loaders(data, cfg: DictConfig):
 
 
 def calibration_prompts(data, cfg: DictConfig) -> list[str]:
-    """The train prompts a method's pre-training calibration may use: the first `prompts_per_step`
-    of a fixed shuffle (seeded), so calibration never sees held-out prompts."""
+    """The prompts a method's pre-training calibration may draw from: the train prompts in a
+    fixed (seeded) shuffle, so calibration never sees held-out prompts."""
     import random
 
     prompts = list(data.train)
     random.Random(cfg.seed).shuffle(prompts)
-    return prompts[: cfg.train.prompts_per_step]
+    return prompts
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    import lightning as L
-    import torch
+def build_module(cfg: DictConfig):
+    """Instantiate everything a GRPO run needs from the config: (module, prompt data)."""
     from hydra.utils import instantiate
 
     from flowrl.modules.grpo_module import GRPOModule, OptimConfig, ValConfig
-    from flowrl.tracking import log_artifact_path, log_run_metadata, run_name
 
-    L.seed_everything(cfg.seed, verbose=False)
     model = instantiate(cfg.model)
     reward = instantiate(cfg.reward)
     eval_rewards = {name: instantiate(r) for name, r in cfg.eval_rewards.items()}
@@ -74,15 +72,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
         val=ValConfig(**cfg.val),
         seed=cfg.seed,
     )
+    return module, data
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from flowrl.tracking import log_artifact_path, log_run_metadata, run_name
+
+    L.seed_everything(cfg.seed, verbose=False)
+    module, data = build_module(cfg)
+    model = module.model
     logger = instantiate(cfg.logger, run_name=cfg.logger.run_name or run_name(cfg))
     log_run_metadata(logger, cfg, seed=cfg.seed)
     trainer = instantiate(cfg.trainer, logger=logger)
     train_loader, val_loader = prompt_loaders(data, cfg)
 
-    module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates (DenseGRPO)
-    before = trainer.validate(module, val_loader, verbose=False)[0]
-    trainer.fit(module, train_loader, val_loader)
-    after = trainer.validate(module, val_loader, verbose=False)[0]
+    try:
+        module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates (DenseGRPO)
+        before = trainer.validate(module, val_loader, verbose=False)[0]
+        trainer.fit(module, train_loader, val_loader)
+        after = trainer.validate(module, val_loader, verbose=False)[0]
+    except BaseException:
+        logger.finalize("failed")  # the MLflow run keeps what was logged, marked FAILED
+        raise
 
     out = Path(cfg.paths.output_dir) / "final_model"
     model.save_pretrained(out) if hasattr(model, "save_pretrained") else torch.save(model.state_dict(), out / "model.pt")
@@ -94,7 +109,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return summary
 
 
+def exit_on_user_error(fn):
+    """Run an entry point; a flowrl.errors.UserFacingError (missing checkpoint, bad value) is
+    printed as one line, exit status 2, no traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from flowrl.errors import UserFacingError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserFacingError as err:
+            print(f"flowrl: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     train(cfg)
 

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from flowrl.step_schedulers.base import StepPlan, check_rewards, group_normalize
 from flowrl.step_schedulers.uniform import UniformStepScheduler
@@ -114,7 +115,7 @@ class DenseRewardStepScheduler(UniformStepScheduler):
             return None
         prompts = list(prompts)[: cal["num_prompts"]]
         history = []
-        for it in range(int(cal["iterations"])):
+        for it in tqdm(range(int(cal["iterations"])), desc="calibration", leave=False):
             _, scores = rollout_fn(prompts)
             before = list(self.noise_levels)
             self.noise_levels, imbalance = calibration_update(

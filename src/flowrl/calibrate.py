@@ -1,0 +1,51 @@
+"""`python -m flowrl.calibrate method=densegrpo [overrides]`: run a method's exploration
+calibration on its own and save the result, so several training runs can share one table.
+
+Composes the same config as `python -m flowrl.train`, builds the model, reward and step
+scheduler, runs `method.calibration.iterations` rounds (DenseGRPO's Alg. 1) on train prompts, and
+writes `<output_dir>/noise_levels.json`. Train with it:
+    python -m flowrl.train method=densegrpo method.noise_levels_file=<that file>
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from flowrl.train import CONF_DIR, build_module, calibration_prompts, exit_on_user_error
+
+
+def calibrate(cfg: DictConfig) -> Path:
+    import lightning as L
+
+    from flowrl.errors import UserFacingError
+
+    L.seed_everything(cfg.seed, verbose=False)
+    if cfg.method.get("calibration", {}).get("iterations", 0) <= 0:
+        raise UserFacingError(
+            f"method {cfg.method.name} has nothing to calibrate with these settings "
+            "(set method.calibration.iterations > 0; DenseGRPO is the method that calibrates)"
+        )
+    module, data = build_module(cfg)
+    record = module.calibrate(calibration_prompts(data, cfg))
+    if record is None:
+        raise UserFacingError(f"method {cfg.method.name} did not calibrate (a noise-level table was already given?)")
+    out = Path(cfg.paths.output_dir) / "noise_levels.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    levels = " ".join(f"{x:.3f}" for x in record["noise_levels"])
+    print(f"noise levels per step: {levels}\nwritten to {out}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    calibrate(cfg)
+
+
+if __name__ == "__main__":
+    main()
