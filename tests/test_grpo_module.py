@@ -129,3 +129,44 @@ def test_two_iterations_end_to_end(tmp_path, method):
     assert {"config", "images", "final_model"} <= artifacts
     if method == "densegrpo":  # the calibration phase ran and its noise-level table is an artifact
         assert "calibration.json" in artifacts
+
+
+def test_ema_update_and_swap_hand_worked():
+    # decay 0.9: shadow starts at theta_0 = 1; theta becomes 2 -> shadow = 0.9 * 1 + 0.1 * 2 = 1.1;
+    # a second update at theta = 2 -> 0.9 * 1.1 + 0.2 = 1.19.
+    from flowrl.modules.ema import EMA
+
+    p = torch.nn.Parameter(torch.tensor([1.0]))
+    ema = EMA([p], decay=0.9)
+    with torch.no_grad():
+        p.fill_(2.0)
+    ema.update()
+    assert ema.shadow[0].item() == pytest.approx(1.1)
+    ema.update()
+    assert ema.shadow[0].item() == pytest.approx(1.19)
+    with ema.swapped_in():
+        assert p.item() == pytest.approx(1.19)
+    assert p.item() == 2.0  # the live weights come back
+    with pytest.raises(ValueError, match="decay"):
+        EMA([p], decay=1.0)
+
+
+@pytest.mark.slow
+def test_lora_training_with_kl_uses_the_disabled_adapter_as_reference(tmp_path):
+    # Flow-GRPO (kl_beta 0.04) with a LoRA adapter on the tiny model: only the adapter trains, the
+    # reference policy is the adapter switched off (no second model copy), the saved final model
+    # is the diffusers LoRA file, and EMA weights are what gets evaluated and saved.
+    from safetensors.torch import load_file
+
+    from flowrl.train import build_module, train
+
+    lora = ["+model.lora.rank=4", "+model.lora.alpha=8", "+model.lora.target_modules=[to_q,to_k,to_v,to_out.0]"]
+    cfg = _cfg(tmp_path, "method=flowgrpo", "train.ema_decay=0.5", "logger.experiment_name=lora", *lora)
+    module, _ = build_module(cfg)
+    assert module.ref_model is None and module.model.has_adapter
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora" in n for n in trainable)
+    summary = train(cfg)
+    assert "after/val/reward/shapes" in summary
+    saved = load_file(str(tmp_path / "final_model" / "pytorch_lora_weights.safetensors"))
+    assert saved and all("lora" in k for k in saved)

@@ -57,6 +57,7 @@ def build_module(cfg: DictConfig):
         weight_decay=cfg.train.weight_decay,
         grad_clip=cfg.train.grad_clip,
         optimizer_step=cfg.train.optimizer_step,
+        ema_decay=cfg.train.ema_decay,
         clip_eps=cfg.method.clip_eps,
         adv_clip=cfg.method.adv_clip,
         kl_beta=cfg.method.kl_beta,
@@ -85,6 +86,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, verbose=False)
     module, data = build_module(cfg)
     model = module.model
+    if hasattr(model, "precompute_prompts"):  # real backends: embed every prompt once, then free the text encoders
+        model.precompute_prompts(list(data.train) + list(data.val))
     logger = instantiate(cfg.logger, run_name=cfg.logger.run_name or run_name(cfg))
     log_run_metadata(logger, cfg, seed=cfg.seed)
     trainer = instantiate(cfg.trainer, logger=logger)
@@ -100,7 +103,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
 
     out = Path(cfg.paths.output_dir) / "final_model"
-    model.save_pretrained(out) if hasattr(model, "save_pretrained") else torch.save(model.state_dict(), out / "model.pt")
+    with module.evaluated_weights():  # the EMA weights when train.ema_decay > 0
+        model.save_pretrained(out) if hasattr(model, "save_pretrained") else torch.save(model.state_dict(), out / "model.pt")
     log_artifact_path(logger, out, "final_model")
     summary = {f"before/{k}": v for k, v in before.items()} | {f"after/{k}": v for k, v in after.items()}
     for key in sorted(before):

@@ -9,6 +9,7 @@ chunks as the rollout, so before the first update the ratio is exactly 1 (tested
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import lightning as L
 import torch
 
 from flowrl.losses.grpo import grpo_loss
+from flowrl.modules.ema import EMA
 from flowrl.sampling.ode import generate
 from flowrl.sampling.rollout import Rollout, chunks, jump_log_prob, rollout
 from flowrl.sampling.sigmas import flow_sigmas
@@ -35,6 +37,7 @@ class OptimConfig:
     # (DanceGRPO and the code built on it); the ratio stays 1 and the gradient is -A grad logp.
     # "step": one optimizer step per trained denoising step (PPO-style; the clip then binds).
     optimizer_step: str = "iteration"
+    ema_decay: float = 0.0  # > 0: keep an EMA of the trained weights; evaluation and the final model use it
 
     def __post_init__(self):
         if self.optimizer_step not in ("iteration", "step"):
@@ -75,16 +78,27 @@ class GRPOModule(L.LightningModule):
         self.sigmas = flow_sigmas(step_scheduler.num_steps, shift)
         self.automatic_optimization = False
         self.generator = torch.Generator().manual_seed(seed)
-        # Reference policy for the KL term: a frozen copy of the initial weights (cheap for the
-        # tiny model; LoRA backends disable the adapter instead).
-        self.ref_model = copy.deepcopy(model).requires_grad_(False).eval() if self.optim.kl_beta > 0 else None
+        # Reference policy for the KL term: the adapter disabled (LoRA), or a frozen copy of the
+        # initial weights (full fine-tune; cheap for the tiny model, a second copy for real ones).
+        needs_copy = self.optim.kl_beta > 0 and not getattr(model, "has_adapter", False)
+        self.ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_copy else None
         self.model.requires_grad_(False)
-        self.model.transformer.requires_grad_(True)
+        for p in self._trainable(model):  # LoRA weights when an adapter is on, else the transformer
+            p.requires_grad_(True)
         self.reward.requires_grad_(False)
         self.eval_rewards.requires_grad_(False)
+        self.ema = EMA(self._trainable(model), self.optim.ema_decay) if self.optim.ema_decay > 0 else None
+
+    @staticmethod
+    def _trainable(model) -> list[torch.nn.Parameter]:
+        if hasattr(model, "trainable_parameters"):
+            return list(model.trainable_parameters())
+        return list(model.transformer.parameters())
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("nothing to train: the model has no trainable parameters")
         return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     # ---- training -------------------------------------------------------------------------
@@ -122,7 +136,7 @@ class GRPOModule(L.LightningModule):
             terms = js.log_prob.numel()
             for rows in chunks(js.x.shape[0], self.max_batch):  # the rollout's chunks: ratio 1 bit for bit
                 out = jump_log_prob(self.model, self.step_scheduler, ro, js, rows)
-                ref_mean = self._ref_mean(ro, js, rows) if self.ref_model is not None else None
+                ref_mean = self._ref_mean(ro, js, rows) if self.optim.kl_beta > 0 else None
                 res = grpo_loss(
                     out.log_prob,
                     js.log_prob[rows].flatten(),
@@ -180,17 +194,30 @@ class GRPOModule(L.LightningModule):
             self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
 
     @torch.no_grad()
     def _ref_mean(self, ro: Rollout, js, rows: slice) -> torch.Tensor:
-        return jump_log_prob(self.ref_model, self.step_scheduler, ro, js, rows).mean
+        """The reference policy's transition mean: adapter disabled, or the frozen copy."""
+        if self.ref_model is not None:
+            return jump_log_prob(self.ref_model, self.step_scheduler, ro, js, rows).mean
+        with self.model.reference_policy():
+            return jump_log_prob(self.model, self.step_scheduler, ro, js, rows).mean
+
+    def evaluated_weights(self):
+        """The weights evaluation and the saved model use: the EMA when on, else the live ones."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
     # ---- validation: held-out prompts, fixed noise, every eval reward ---------------------
     def validation_step(self, prompts: list[str], batch_idx: int):
         cfg = self.val_cfg
         self.model.eval()
         rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-        images = generate(self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch)
+        with self.evaluated_weights():
+            images = generate(
+                self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch
+            )
         for name, reward in self.eval_rewards.items():
             self.log(f"val/reward/{name}", reward(images, rows).mean().item(), batch_size=len(rows), prog_bar=name == "shapes")
         self.last_val_images = images[: cfg.grid_prompts * cfg.samples_per_prompt]
