@@ -37,8 +37,11 @@ def format_plan(plan) -> str:
     for br in plan.branches:
         comps = "; ".join(" ".join(map(str, c)) for c in br.completions)
         lines.append(f"  branch {br.jump.start}->{br.jump.stop}: completions {comps}")
+    if plan.intermediate_completions:
+        lens = " ".join(str(len(c) - 1) for c in plan.intermediate_completions)
+        lines.append(f"  dense rewards: every x_i (i = 0..{plan.num_steps - 1}) ODE-completed in {lens} steps")
     lines += [
-        "budget per prompt:",
+        "budget per prompt (NFE as the papers count them):",
         f"  NFE per generation     {b['nfe_per_generation']}",
         f"  NFE per prompt         {b['nfe_per_prompt']}",
         f"  reward queries         {b['reward_queries_per_prompt']}",
