@@ -26,29 +26,66 @@ def test_primary_config_composes_and_resolves(name):
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
+TRAIN_GROUPS = {"method", "model", "data", "eval_rewards", "trainer", "logger", "paths", "experiment", "hparams_search"}
+
+
 @pytest.mark.parametrize("rel", GROUP_FILES, ids=str)
 def test_every_group_option_composes(rel):
+    # Groups train.yaml selects compose as `group=option` into a training config; the others
+    # (reward/, used under several packages) as an extra node.
     group, option = rel.parent.as_posix(), rel.stem
-    is_global = (CONF / rel).read_text().lstrip().startswith("# @package _global_")
-    in_defaults = group in {"paths", "model", "data"}  # groups sample.yaml already selects
-    if is_global:
-        override = f"{group}={option}" if in_defaults else f"+{group}={option}"
+    if group in TRAIN_GROUPS:
+        cfg = _compose("train", [f"{group}={option}"])
     else:
-        override = f"+{group}@probe={option}"
-    runtime = ["probe.output_dir=/tmp/flowrl-test"] if group == "paths" else []  # set by Hydra at run time
-    cfg = _compose("sample", [override, *runtime])
+        cfg = _compose("sample", [f"+{group}@probe={option}"])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
-def test_reward_group_matches_registry():
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("toy_*.yaml")))
+def test_toy_experiments_share_one_budget_and_lr(name):
+    # The toy comparison is only fair at equal budgets: NFE per iteration (the papers' count)
+    # within 10% of E-GRPO's, the same effective lr, the same iterations and evaluation.
+    from hydra.utils import instantiate
+
+    def budget(cfg):
+        plan = instantiate(cfg.method.step_scheduler).plan()
+        return plan.budget()["nfe_per_prompt"] * cfg.train.prompts_per_step
+
+    ref = _compose("train", ["experiment=toy_egrpo"])
+    cfg = _compose("train", [f"experiment={name}"])
+    assert cfg.method.name == name.removeprefix("toy_")
+    assert abs(budget(cfg) / budget(ref) - 1) <= 0.1, (budget(cfg), budget(ref))
+    assert cfg.method.lr * cfg.train.lr_scale == ref.method.lr * ref.train.lr_scale
+    assert (cfg.train.iterations, cfg.val.samples_per_prompt) == (ref.train.iterations, ref.val.samples_per_prompt)
+
+
+def test_reward_group_matches_registry(tmp_path):
+    # Rewards whose checkpoint is absent (the real ones: paths.models points nowhere here) must
+    # fail fast with CheckpointNotFound (Hydra wraps it: it is the cause); the others instantiate.
+    import time
+
+    from flowrl.errors import CheckpointNotFound
     from flowrl.rewards import REGISTRY, reward_class
 
     options = {p.stem for p in (CONF / "reward").glob("*.yaml")}
     assert options <= set(REGISTRY), f"reward configs without a registry entry: {options - set(REGISTRY)}"
+    missing_seen = set()
     for name in sorted(options):
-        cfg = _compose("sample", [f"+reward@probe={name}"])
+        cfg = _compose("sample", [f"+reward@probe={name}", f"paths.models={tmp_path / 'no-models'}"])
+        checkpoint = cfg.probe.get("checkpoint")
+        if checkpoint is not None and not Path(checkpoint).exists():
+            start = time.perf_counter()
+            with pytest.raises(Exception) as err:
+                instantiate(cfg.probe)
+            cause = err.value if isinstance(err.value, CheckpointNotFound) else err.value.__cause__
+            assert isinstance(cause, CheckpointNotFound), f"{name}: {err.value!r}"
+            assert str(checkpoint) in str(cause) and "\n" not in str(cause)
+            assert time.perf_counter() - start < 2, name
+            missing_seen.add(name)
+            continue
         reward = instantiate(cfg.probe)
         assert isinstance(reward, reward_class(name)), name
+    assert missing_seen >= {"hps", "clipscore", "pickscore", "imagereward"} & options
 
 
 def test_sample_entry_point_runs_and_scores(tmp_path):
