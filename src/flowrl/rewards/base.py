@@ -23,6 +23,8 @@ class RewardModel(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         check_batch(images, prompts)
+        if self.training:  # e.g. a parent's .train(): a scorer's dropout (BLIP's) must stay off
+            self.eval()
         scores = self.score(images, list(prompts))
         return scores.float().reshape(len(prompts))
 

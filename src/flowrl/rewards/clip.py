@@ -9,12 +9,14 @@ with bicubic antialiasing, centre crop, CLIP mean/std), so batches never leave t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from flowrl.rewards.base import RewardModel
+from flowrl.rewards.loading import CheckpointFormatError, describe_mismatch, in_batches, resolve_device, resolve_dtype
 
 TINY_CLIP_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip"
 TINY_CLIP_ARCH = TINY_CLIP_DIR / "flowrl-tiny-clip.json"
@@ -43,16 +45,22 @@ def resolve_arch(arch: str | Path) -> tuple[str, dict]:
     return name, cfg
 
 
-def clip_preprocess(images: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] -> [B, 3, size, size] normalised, as open_clip's eval transform
-    (resize shorter side to size, bicubic; centre crop; normalise)."""
+def clip_preprocess(
+    images: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD, crop: int | tuple[int, int] | None = None
+) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> [B, 3, crop_h, crop_w] normalised, as CLIP's eval transform
+    (torchvision Resize(size) bicubic on the shorter side, CenterCrop(crop), Normalize; crop
+    defaults to size). Bicubic overshoot is clamped to [0, 1], as PIL / uint8 pipelines do."""
+    ch, cw = (crop, crop) if isinstance(crop, int) else tuple(crop) if crop is not None else (size, size)
     h, w = images.shape[-2:]
-    if (h, w) != (size, size):
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        images = F.interpolate(images, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        images = images[..., top : top + size, left : left + size]
+    if min(h, w) != size:
+        # torchvision / transformers: the short side becomes size, the long side int(size * long / short)
+        nh, nw = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
+        images = F.interpolate(images, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        h, w = nh, nw
+    if (h, w) != (ch, cw):
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        images = images[..., top : top + ch, left : left + cw]
     m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return (images - m) / s
@@ -62,12 +70,24 @@ class OpenClipReward(RewardModel):
     """Cosine similarity of open_clip image and text embeddings.
 
     arch: open_clip model name or model-config JSON; checkpoint: state-dict file (.pt/.bin with
-    or without a 'state_dict' key, or .safetensors). Missing files fail before any model is built.
+    or without a 'state_dict' key, or .safetensors). Missing files fail before any model is built;
+    a file that does not fit the architecture is a one-line CheckpointFormatError. dtype: the
+    weights' dtype ('auto' = bf16 on CUDA, fp32 on CPU); embeddings are compared in fp32.
+    batch_size: rows per forward (None = the whole batch at once).
     """
 
     name = "clip"
 
-    def __init__(self, arch: str | Path, checkpoint: str | Path, device: str = "cpu", source_hint: str = ""):
+    def __init__(
+        self,
+        arch: str | Path,
+        checkpoint: str | Path,
+        device: str = "cpu",
+        source_hint: str = "",
+        dtype: str | torch.dtype = "float32",
+        batch_size: int | None = None,
+        where: str = "",
+    ):
         super().__init__()
         import open_clip
 
@@ -76,29 +96,71 @@ class OpenClipReward(RewardModel):
             hint = f" ({source_hint})" if source_hint else ""
             raise FileNotFoundError(f"{self.name} reward checkpoint not found: {checkpoint}{hint}")
         model_name, cfg = resolve_arch(arch)
-        # A file path as `pretrained` makes open_clip load that state dict (strict), the way
-        # HPS v2.1's own code loads HPS_v2.1_compressed.pt into ViT-H-14.
-        self.model = open_clip.create_model(model_name, pretrained=str(checkpoint), device="cpu")
-        self.model.eval().requires_grad_(False).to(device)
+        device = resolve_device(device)
+        self.model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        # HPS v2.1's own code loads HPS_v2.1_compressed.pt into ViT-H-14 with a strict load_state_dict;
+        # so do we (through open_clip's loader, which unwraps 'state_dict' and fixes old layouts).
+        load_open_clip_checkpoint(self.model, checkpoint, f"{self.name} reward", where or source_hint, model_name)
+        self.model.eval().requires_grad_(False).to(device=device, dtype=resolve_dtype(dtype, device))
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.image_size = int(cfg["vision_cfg"]["image_size"])
         pcfg = cfg.get("preprocess_cfg", {})
         self.mean, self.std = tuple(pcfg.get("mean", CLIP_MEAN)), tuple(pcfg.get("std", CLIP_STD))
+        self.batch_size = batch_size
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         x = clip_preprocess(images.to(self.device, torch.float32), self.image_size, self.mean, self.std)
-        return F.normalize(self.model.encode_image(x).float(), dim=-1)  # [B, E]
+        return F.normalize(self.model.encode_image(x.to(self.dtype)).float(), dim=-1)  # [B, E]
 
     def embed_texts(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(prompts).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)  # [B, E]
 
-    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def cosine(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         return (self.embed_images(images) * self.embed_texts(prompts)).sum(-1)
+
+    def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The score of one chunk of at most batch_size rows (subclasses change the formula here)."""
+        return self.cosine(images, prompts)
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return in_batches(self.score_batch, images, prompts, self.batch_size)
+
+
+def load_open_clip_checkpoint(model, path: Path, what: str, where: str, arch: str) -> None:
+    """open_clip.load_checkpoint, strict, with every failure turned into one CheckpointFormatError line."""
+    import open_clip
+
+    try:
+        incompatible = open_clip.load_checkpoint(model, str(path), strict=False)
+    except Exception as err:
+        sizes = SIZE_MISMATCH.findall(str(err))
+        if sizes:
+            name, found, expected = sizes[0]
+            problem = f"{len(sizes)} tensors of another shape than open_clip {arch} (e.g. {name}: {found} in the file, {expected} expected)"
+        else:
+            first = (str(err).strip().splitlines() or ["no message"])[0]
+            problem = f"could not be loaded into open_clip {arch} ({type(err).__name__}: {first})"
+        raise CheckpointFormatError(what, path, problem, where or "see the reward's config") from err
+    if incompatible.missing_keys or incompatible.unexpected_keys:
+        expected = {k: () for k in model.state_dict()}
+        found = {k: () for k in set(expected) - set(incompatible.missing_keys)} | {k: () for k in incompatible.unexpected_keys}
+        problem = f"it does not fit open_clip {arch}: {describe_mismatch(expected, found)}"
+        raise CheckpointFormatError(what, path, problem, where or "see the reward's config")
+
+
+SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from checkpoint, "
+    r"the shape in current model is (torch\.Size\(\[[^\]]*\]\))"
+)
 
 
 class TinyClipReward(OpenClipReward):
