@@ -19,11 +19,10 @@ from flowrl.train import CONF_DIR, build_module, calibration_prompts, exit_on_us
 
 
 def calibrate(cfg: DictConfig) -> Path:
-    import lightning as L
-
     from flowrl.errors import UserFacingError
+    from flowrl.train import seed_everything
 
-    L.seed_everything(cfg.seed, verbose=False)
+    seed_everything(cfg.seed)
     if cfg.method.get("calibration", {}).get("iterations", 0) <= 0:
         raise UserFacingError(
             f"method {cfg.method.name} has nothing to calibrate with these settings "

@@ -42,16 +42,19 @@ def calibration_prompts(data, cfg: DictConfig) -> list[str]:
 
 
 def build_module(cfg: DictConfig):
-    """Instantiate everything a GRPO run needs from the config: (module, prompt data)."""
+    """Instantiate everything a GRPO run needs from the config: (module, prompt data).
+    Cheap, fail-fast parts first (prompt files, step plan), then the checkpoints (each loader checks
+    its files before importing its library), and only then Lightning (~10 s to import)."""
     from hydra.utils import instantiate
 
-    from flowrl.modules.grpo_module import GRPOModule, OptimConfig, ValConfig
-
+    data = instantiate(cfg.data)
+    step_scheduler = instantiate(cfg.method.step_scheduler)
     model = instantiate(cfg.model)
     reward = instantiate(cfg.reward)
     eval_rewards = {name: instantiate(r) for name, r in cfg.eval_rewards.items()}
-    data = instantiate(cfg.data)
-    step_scheduler = instantiate(cfg.method.step_scheduler)
+
+    from flowrl.modules.grpo_module import GRPOModule, OptimConfig, ValConfig
+
     optim = OptimConfig(
         lr=cfg.method.lr * cfg.train.lr_scale,
         weight_decay=cfg.train.weight_decay,
@@ -76,15 +79,27 @@ def build_module(cfg: DictConfig):
     return module, data
 
 
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs (what Lightning's seed_everything does, without importing it)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    import lightning as L
+    seed_everything(cfg.seed)
+    module, data = build_module(cfg)
+
     import torch
     from hydra.utils import instantiate
 
     from flowrl.tracking import log_artifact_path, log_run_metadata, run_name
 
-    L.seed_everything(cfg.seed, verbose=False)
-    module, data = build_module(cfg)
     model = module.model
     if hasattr(model, "precompute_prompts"):  # real backends: embed every prompt once, then free the text encoders
         model.precompute_prompts(list(data.train) + list(data.val))
@@ -124,8 +139,13 @@ def exit_on_user_error(fn):
 
         try:
             return fn(*args, **kwargs)
-        except UserFacingError as err:
-            print(f"flowrl: {err}", file=sys.stderr)
+        except Exception as err:
+            cause = err  # hydra's instantiate wraps what a _target_ raised: walk the chain
+            while cause is not None and not isinstance(cause, UserFacingError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            print(f"flowrl: {cause}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
