@@ -49,9 +49,10 @@ def build_module(cfg: DictConfig):
 
     data = instantiate(cfg.data)
     step_scheduler = instantiate(cfg.method.step_scheduler)
-    model = instantiate(cfg.model)
+    # rewards before the model: a missing reward checkpoint is reported before FLUX (24 GB) loads
     reward = instantiate(cfg.reward)
     eval_rewards = {name: instantiate(r) for name, r in cfg.eval_rewards.items()}
+    model = instantiate(cfg.model)
 
     from flowrl.modules.grpo_module import GRPOModule, OptimConfig, ValConfig
 
