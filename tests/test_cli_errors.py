@@ -12,7 +12,8 @@ import pytest
 @pytest.mark.parametrize(
     "overrides, expect",
     [
-        (["method=egrpo", "reward=hps", "model=flux_dev"], "FLUX.1-dev"),
+        (["method=egrpo", "reward=hps", "model=flux_dev"], "HPS"),  # rewards are checked first
+        (["method=egrpo", "model=flux_dev"], "FLUX.1-dev"),
         (["method=egrpo", "model=sd35_medium"], "stable-diffusion-3.5-medium"),
         (["method=egrpo", "reward=hps"], "HPS"),
     ],
