@@ -77,6 +77,7 @@ class GRPOModule(L.LightningModule):
         self.shift = shift
         self.sigmas = flow_sigmas(step_scheduler.num_steps, shift)
         self.automatic_optimization = False
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         # Reference policy for the KL term: the adapter disabled (LoRA), or a frozen copy of the
         # initial weights (full fine-tune; cheap for the tiny model, a second copy for real ones).
@@ -94,6 +95,11 @@ class GRPOModule(L.LightningModule):
         if hasattr(model, "trainable_parameters"):
             return list(model.trainable_parameters())
         return list(model.transformer.parameters())
+
+    def on_fit_start(self):
+        """Under DDP every rank gets its own rollout noise (rank 0 keeps the single-device stream)."""
+        if self.global_rank:
+            self.generator.manual_seed(self.seed + 1_000_003 * self.global_rank)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
