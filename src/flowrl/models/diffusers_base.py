@@ -198,3 +198,39 @@ def make_prompt_encoder(path: Path, load, encode, device, dtype, cache_dir, offl
     if cache_dir not in (None, ""):
         cache = EmbeddingCache(cache_dir, model_cache_key(path, *settings, str(dtype)))
     return PromptEncoder(load, encode, device=device, cache=cache, offload=offload)
+
+
+def build_model(model_cls, transformer_cls, root: Path, text_encoders, opts: dict, pipeline_class: str):
+    """Shared tail of the backend loaders: load transformer + VAE from `root` in the requested
+    dtype, wire the cached prompt encoder, apply LoRA / checkpointing / compile, move to device.
+    `text_encoders(root, dtype, max_sequence_length) -> (load, encode)` is the backend's own."""
+    from diffusers import AutoencoderKL
+
+    dev, dt = resolve_device(opts["device"]), resolve_dtype(opts["dtype"])
+    transformer = transformer_cls.from_pretrained(root, subfolder="transformer", torch_dtype=dt)
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dt)
+    load, encode = text_encoders(root, dt, opts["max_sequence_length"])
+    prompt_encoder = make_prompt_encoder(
+        root,
+        load,
+        encode,
+        dev,
+        dt,
+        opts["cache_dir"],
+        opts["text_encoders_offload"],
+        (pipeline_class, opts["max_sequence_length"]),
+    )
+    model = model_cls(
+        root,
+        transformer,
+        vae,
+        prompt_encoder,
+        height=opts["height"],
+        width=opts["width"],
+        dtype=dt,
+        autocast=opts["autocast"],
+        decode_batch_size=opts["decode_batch_size"],
+        guidance_scale=opts["guidance_scale"],
+    )
+    model._configure(opts["lora"], opts["lora_weights"], opts["gradient_checkpointing"], opts["compile"])
+    return model.to(dev)

@@ -21,11 +21,9 @@ import torch
 from flowrl.models.base import PromptEmbeds
 from flowrl.models.diffusers_base import (
     DiffusersFlowModel,
+    build_model,
     check_pipeline_dir,
     latent_image_ids,
-    make_prompt_encoder,
-    resolve_device,
-    resolve_dtype,
 )
 
 REPO = "black-forest-labs/FLUX.1-dev"
@@ -108,26 +106,7 @@ def load_flux(
     """Hydra entry point (`model=flux_dev`). `path`: a local diffusers FLUX.1 directory; checked
     (CheckpointNotFound) before diffusers is imported. See conf/model/flux_dev.yaml for the options."""
     root = check_pipeline_dir(path, "FLUX.1-dev", REPO, "FluxPipeline", COMPONENTS)
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    transformer = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt)
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dt)
-    load, encode = _text_encoders(root, dt, max_sequence_length)
-    prompt_encoder = make_prompt_encoder(
-        root, load, encode, dev, dt, cache_dir, text_encoders_offload, ("FluxPipeline", max_sequence_length)
-    )
-    model = FluxModel(
-        root,
-        transformer,
-        vae,
-        prompt_encoder,
-        height=height,
-        width=width,
-        dtype=dt,
-        autocast=autocast,
-        decode_batch_size=decode_batch_size,
-        guidance_scale=guidance_scale,
-    )
-    model._configure(lora, lora_weights, gradient_checkpointing, compile)
-    return model.to(dev)
+    opts = {k: v for k, v in locals().items() if k not in ("path", "root")}
+    return build_model(FluxModel, FluxTransformer2DModel, root, _text_encoders, opts, "FluxPipeline")

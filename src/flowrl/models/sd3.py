@@ -26,10 +26,8 @@ import torch
 from flowrl.models.base import PromptEmbeds
 from flowrl.models.diffusers_base import (
     DiffusersFlowModel,
+    build_model,
     check_pipeline_dir,
-    make_prompt_encoder,
-    resolve_device,
-    resolve_dtype,
 )
 
 REPO = "stabilityai/stable-diffusion-3.5-medium"
@@ -146,26 +144,7 @@ def load_sd3(
     """Hydra entry point (`model=sd35_medium`). `path`: a local diffusers SD3 / SD3.5 directory;
     checked (CheckpointNotFound) before diffusers is imported. See conf/model/sd35_medium.yaml."""
     root = check_pipeline_dir(path, "SD3.5-Medium", REPO, "StableDiffusion3Pipeline", COMPONENTS)
-    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from diffusers import SD3Transformer2DModel
 
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    transformer = SD3Transformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dt)
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dt)
-    load, encode = _text_encoders(root, dt, max_sequence_length)
-    prompt_encoder = make_prompt_encoder(
-        root, load, encode, dev, dt, cache_dir, text_encoders_offload, ("StableDiffusion3Pipeline", max_sequence_length)
-    )
-    model = SD3Model(
-        root,
-        transformer,
-        vae,
-        prompt_encoder,
-        height=height,
-        width=width,
-        dtype=dt,
-        autocast=autocast,
-        decode_batch_size=decode_batch_size,
-        guidance_scale=guidance_scale,
-    )
-    model._configure(lora, lora_weights, gradient_checkpointing, compile)
-    return model.to(dev)
+    opts = {k: v for k, v in locals().items() if k not in ("path", "root")}
+    return build_model(SD3Model, SD3Transformer2DModel, root, _text_encoders, opts, "StableDiffusion3Pipeline")

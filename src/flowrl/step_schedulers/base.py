@@ -138,6 +138,22 @@ class RewardScores:
         return cls({name: scores}, scores, {name: 1.0})
 
 
+def anchor_plan(method: str, num_steps: int, group_size: int, branches: list[Branch], note: str) -> StepPlan:
+    """A plan on one ODE anchor trajectory: G samples leave it at each branch, every branch's jump
+    is trained, one group per (prompt, branch)."""
+    return StepPlan(
+        method=method,
+        num_steps=num_steps,
+        group_size=group_size,
+        trajectory="anchor",
+        jumps=[b.jump for b in branches],
+        trained_per_generation=len(branches),
+        same_initial_noise=True,
+        branches=branches,
+        note=note,
+    )
+
+
 def group_normalize(rewards: torch.Tensor, eps: float = 1e-8, dim: int = -1) -> torch.Tensor:
     """(r - mean_G) / (std_G + eps) over `dim` (the group). Population std (unbiased=False)
     as DanceGRPO; a group of identical rewards gets advantage 0, not NaN."""

@@ -16,7 +16,15 @@ import math
 
 import torch
 
-from flowrl.step_schedulers.base import Branch, Jump, StepPlan, StepScheduler, branch_group_advantages, check_rewards
+from flowrl.step_schedulers.base import (
+    Branch,
+    Jump,
+    StepPlan,
+    StepScheduler,
+    anchor_plan,
+    branch_group_advantages,
+    check_rewards,
+)
 
 
 def jump_entropy(sigma: float, sigma_next: float, noise_level: float, sigma_max: float) -> float:
@@ -97,17 +105,8 @@ class EntropyMergeStepScheduler(StepScheduler):
         jumps = [Jump(k, k + length) for k, length in enumerate(self.merge_lengths())]
         # deterministic completion from k + l (where the merged jump lands), not from k + 1
         branches = [Branch(j, [list(range(j.stop, t + 1))]) for j in jumps]
-        return StepPlan(
-            method=self.method,
-            num_steps=t,
-            group_size=self.group_size,
-            trajectory="anchor",
-            jumps=jumps,
-            trained_per_generation=len(jumps),
-            same_initial_noise=True,
-            branches=branches,
-            note=f"every merged jump ({self.merge}, tau {self.tau}) of the first {self.num_branch_steps} steps",
-        )
+        note = f"every merged jump ({self.merge}, tau {self.tau}) of the first {self.num_branch_steps} steps"
+        return anchor_plan(self.method, t, self.group_size, branches, note)
 
     def normalize(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
         """rewards [P, G, B, 1] -> [P, G, B]: multi-step group-normalised advantage per (prompt, jump)."""

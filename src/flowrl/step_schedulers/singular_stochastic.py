@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import torch
 
-from flowrl.step_schedulers.base import Branch, Jump, StepPlan, StepScheduler, branch_group_advantages, check_rewards
+from flowrl.step_schedulers.base import (
+    Branch,
+    Jump,
+    StepPlan,
+    StepScheduler,
+    anchor_plan,
+    branch_group_advantages,
+    check_rewards,
+)
 
 
 def coarse_completion(e: int, num_steps: int, granularity: int) -> list[int]:
@@ -54,17 +62,8 @@ class SingularStochasticStepScheduler(StepScheduler):
         t = self.num_steps
         jumps = [Jump(e, e + 1) for e in range(self.num_branch_steps)]
         branches = [Branch(j, [coarse_completion(j.start, t, g) for g in self.granularities]) for j in jumps]
-        return StepPlan(
-            method=self.method,
-            num_steps=t,
-            group_size=self.group_size,
-            trajectory="anchor",
-            jumps=jumps,
-            trained_per_generation=len(jumps),
-            same_initial_noise=True,
-            branches=branches,
-            note=f"the single SDE step of each of the first {self.num_branch_steps} branch points",
-        )
+        note = f"the single SDE step of each of the first {self.num_branch_steps} branch points"
+        return anchor_plan(self.method, t, self.group_size, branches, note)
 
     def normalize(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
         """rewards [P, G, B, len(granularities)] -> [P, G, B]: per-granularity group
