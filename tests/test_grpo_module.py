@@ -170,3 +170,28 @@ def test_lora_training_with_kl_uses_the_disabled_adapter_as_reference(tmp_path):
     assert "after/val/reward/shapes" in summary
     saved = load_file(str(tmp_path / "final_model" / "pytorch_lora_weights.safetensors"))
     assert saved and all("lora" in k for k in saved)
+
+
+def test_crash_mid_training_marks_the_run_failed_and_keeps_what_was_logged(tmp_path, monkeypatch):
+    # Lightning calls logger.finalize("success") after the validation that precedes fit. The run
+    # must still read RUNNING during training (a SIGKILLed run must not look FINISHED) and end
+    # FAILED when training crashes, with the "before" validation kept.
+    import mlflow
+
+    from flowrl.modules.grpo_module import GRPOModule
+    from flowrl.train import train
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    status_during_training = []
+
+    def crash(self, batch, batch_idx):
+        status_during_training.append(client.get_run(self.logger.run_id).info.status)
+        raise RuntimeError("boom in training_step")
+
+    monkeypatch.setattr(GRPOModule, "training_step", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(_cfg(tmp_path, "logger.experiment_name=crash", "method.num_branch_steps=2", "method.tau=1.0"))
+    assert status_during_training == ["RUNNING"]
+    run = client.search_runs([client.get_experiment_by_name("crash").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert "val/reward/shapes" in run.data.metrics  # the validation before training is kept

@@ -105,7 +105,12 @@ def test_logger_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "model.pt").write_bytes(b"\0" * 16)
     log_artifact_path(logger, tmp_path / "weights", "final_model")
+    client = MlflowClient(uri)
+    # Lightning calls finalize("success") after every trainer.validate()/fit(): the run must stay
+    # RUNNING until flowrl ends it, or a run killed after its first validation reads FINISHED.
     logger.finalize("success")
+    assert client.get_run(logger.run_id).info.status == "RUNNING"
+    logger.end_run("success")
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("study")
@@ -136,7 +141,7 @@ def test_logger_end_to_end(tmp_path, monkeypatch):
 
     second = build_mlflow_logger("study", "second", other)
     second.log_metrics({"perf/nfe": 16.0}, step=0)
-    second.finalize("success")
+    second.end_run("success")
     assert metrics_history(other, second.run_id, "perf/nfe") == [(0, 16.0)]
     with pytest.raises(Exception):  # noqa: B017 - MLflow raises its own MlflowException
         MlflowClient(uri).get_run(second.run_id)

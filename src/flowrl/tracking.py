@@ -10,6 +10,7 @@ mlflow and lightning take seconds to import, so they are imported inside the fun
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import tempfile
@@ -145,19 +146,41 @@ def build_mlflow_logger(
     tags: dict | None = None,
     log_model: bool = False,
 ):
-    """A Lightning MLFlowLogger on the resolved tracking uri (the Hydra target of conf/logger).
+    """A RunLogger (Lightning MLFlowLogger) on the resolved tracking uri (the Hydra target of conf/logger).
 
     Without an explicit uri Lightning would fall back to a ./mlruns file store, which MLflow
     refuses; the run itself is created lazily, on the first use of `.experiment` / `.run_id`."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return MLFlowLogger(
+    return _run_logger_class()(
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=resolve_tracking_uri(tracking_uri),
         tags={str(k): str(v) for k, v in (tags or {}).items()},
         log_model=log_model,
     )
+
+
+@functools.cache
+def _run_logger_class():
+    """RunLogger, defined on first use so that importing this module does not import Lightning."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class RunLogger(MLFlowLogger):
+        """An MLFlowLogger whose run ends when flowrl ends it (`end_run`), not when Lightning says.
+
+        Lightning calls `finalize("success")` at the end of every `trainer.validate()` and
+        `trainer.fit()`. flowrl.train validates before fitting, so the stock logger marks the run
+        FINISHED after that first validation; a run killed later (OOM, SIGKILL, a lost node) then
+        reads FINISHED in the MLflow UI with an end time minutes before its last metric. Here the
+        run stays RUNNING until `end_run`: a run that never ends cleanly is visibly unfinished."""
+
+        def finalize(self, status: str = "success") -> None:  # noqa: ARG002 - Lightning's hook, ignored on purpose
+            """Nothing: metrics are written synchronously; the run ends in end_run()."""
+
+        def end_run(self, status: str = "success") -> None:
+            """Terminate the MLflow run: "success" -> FINISHED, "failed" -> FAILED, "KILLED" as is."""
+            super().finalize(status)
+
+    return RunLogger
 
 
 def log_run_metadata(logger, cfg, seed: int | None = None) -> None:

@@ -114,8 +114,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         before = trainer.validate(module, val_loader, verbose=False)[0]
         trainer.fit(module, train_loader, val_loader)
         after = trainer.validate(module, val_loader, verbose=False)[0]
-    except BaseException:
-        logger.finalize("failed")  # the MLflow run keeps what was logged, marked FAILED
+    except BaseException as error:  # the MLflow run keeps what was logged, marked FAILED (KILLED on Ctrl-C)
+        logger.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "failed")
         raise
 
     out = Path(cfg.paths.output_dir) / "final_model"
@@ -125,7 +125,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     summary = {f"before/{k}": v for k, v in before.items()} | {f"after/{k}": v for k, v in after.items()}
     for key in sorted(before):
         print(f"{key:<22} before {before[key]:.4f}   after {after[key]:.4f}")
-    logger.finalize("success")
+    logger.end_run("success")
     return summary
 
 
