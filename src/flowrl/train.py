@@ -92,7 +92,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def silence_known_warnings() -> None:
+    """Two Lightning warnings that every run would print and that say nothing about it: the
+    frozen reward models (and a full fine-tune's KL reference) are in eval mode on purpose, and
+    Lightning 2.6's own pytree code trips a torch deprecation."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
+    silence_known_warnings()
     seed_everything(cfg.seed)
     module, data = build_module(cfg)
 
