@@ -49,6 +49,21 @@ def test_loader_scores_cosine_like_reference(hps_format_checkpoint):
     torch.testing.assert_close(reward(images, prompts), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_loading_does_not_warn_that_the_model_is_random(hps_format_checkpoint, caplog):
+    # open_clip.create_model(pretrained=None) logs "No pretrained weights loaded ... initialized
+    # randomly"; the loader fills the weights from the checkpoint right after, so a user must not
+    # see that line, and logging must work again afterwards.
+    import logging
+
+    arch, ckpt, _ = hps_format_checkpoint
+    with caplog.at_level(logging.INFO):
+        OpenClipReward(arch, ckpt)
+        logging.getLogger("flowrl-test").warning("still logging")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("No pretrained weights" in m for m in messages), messages
+    assert "still logging" in messages
+
+
 def test_preprocess_resizes_like_open_clip_transform():
     # open_clip's eval transform (PIL bicubic resize of the shorter side, centre crop,
     # normalise) vs our tensor version on a smooth image: equal up to resampling differences.

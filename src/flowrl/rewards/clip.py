@@ -9,6 +9,7 @@ with bicubic antialiasing, centre crop, CLIP mean/std), so batches never leave t
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -97,7 +98,13 @@ class OpenClipReward(RewardModel):
             raise FileNotFoundError(f"{self.name} reward checkpoint not found: {checkpoint}{hint}")
         model_name, cfg = resolve_arch(arch)
         device = resolve_device(device)
-        self.model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        # open_clip logs "No pretrained weights loaded ... initialized randomly" for pretrained=None;
+        # the weights come from the checkpoint on the next line, so that warning would only mislead.
+        logging.disable(logging.WARNING)
+        try:
+            self.model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        finally:
+            logging.disable(logging.NOTSET)
         # HPS v2.1's own code loads HPS_v2.1_compressed.pt into ViT-H-14 with a strict load_state_dict;
         # so do we (through open_clip's loader, which unwraps 'state_dict' and fixes old layouts).
         load_open_clip_checkpoint(self.model, checkpoint, f"{self.name} reward", where or source_hint, model_name)
