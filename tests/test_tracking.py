@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,51 @@ def test_import_is_cheap():
     code = "import sys, flowrl.tracking; print('mlflow' in sys.modules, 'lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
     assert out == ["False", "False"]
+
+
+CONCURRENT_CHILD = """
+import sys, time
+from pathlib import Path
+import mlflow, lightning.pytorch  # imported before the start signal: the race is in store creation
+from flowrl.tracking import build_mlflow_logger
+db, ready, go = sys.argv[1:4]
+Path(ready).touch()
+while not Path(go).exists():
+    time.sleep(0.001)
+logger = build_mlflow_logger("sweep", tracking_uri=f"sqlite:///{db}")
+print(logger.experiment_id, logger.run_id)
+"""
+
+
+def test_runs_started_together_on_a_new_sqlite_store_all_succeed(tmp_path):
+    # Four processes create their logger at the same instant on a store that does not exist yet,
+    # as the first runs of a parallel sweep do. Without the lock around store creation MLflow's
+    # migrations collide ("duplicate column name: step"): 3 or 4 of the 4 failed in every trial.
+    # With it all four succeed, share one experiment and get four distinct runs.
+    n = 4
+    db, go = tmp_path / "mlflow.db", tmp_path / "go"
+    script = tmp_path / "child.py"
+    script.write_text(CONCURRENT_CHILD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [
+        subprocess.Popen([sys.executable, script, db, tmp_path / f"ready{i}", go], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(n)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"ready{i}").exists() for i in range(n)):
+            assert time.monotonic() < deadline, "children did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
+            time.sleep(0.05)
+        go.touch()
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    failures = [err[-500:] for p, (_, err) in zip(procs, results) if p.returncode != 0]
+    assert not failures, failures
+    ids = [out.split() for out, _ in results]
+    assert len({experiment for experiment, _ in ids}) == 1
+    assert len({run for _, run in ids}) == n

@@ -10,6 +10,7 @@ mlflow and lightning take seconds to import, so they are imported inside the fun
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -150,13 +151,47 @@ def build_mlflow_logger(
 
     Without an explicit uri Lightning would fall back to a ./mlruns file store, which MLflow
     refuses; the run itself is created lazily, on the first use of `.experiment` / `.run_id`."""
+    uri = resolve_tracking_uri(tracking_uri)
+    with sqlite_store_lock(uri):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)  # creates / migrates a new sqlite store
+        if client.get_experiment_by_name(experiment_name) is None:  # and two sweeps' first runs
+            client.create_experiment(experiment_name)  # must not both create the experiment
     return _run_logger_class()(
         experiment_name=experiment_name,
         run_name=run_name,
-        tracking_uri=resolve_tracking_uri(tracking_uri),
+        tracking_uri=uri,
         tags={str(k): str(v) for k, v in (tags or {}).items()},
         log_model=log_model,
     )
+
+
+@contextlib.contextmanager
+def sqlite_store_lock(uri: str):
+    """Hold an exclusive lock on `<db>.lock` while a sqlite store (and an experiment) is created.
+
+    MLflow builds a new sqlite store by running its schema migrations, and two processes doing
+    that on one fresh file at once (a parallel Hydra sweep, two trainings started together)
+    corrupt it: "duplicate column name: step", "table latest_metrics already exists" (measured:
+    3 or 4 of 4 processes started together failed). Once the first one has migrated, the others
+    find the schema current and only read. Other stores, and systems without fcntl, pass through."""
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent first runs stay the user's business
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the process creating the store is done
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @functools.cache
