@@ -180,8 +180,14 @@ def test_runs_started_together_on_a_new_sqlite_store_all_succeed(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     procs = [
-        subprocess.Popen([sys.executable, script, db, tmp_path / f"ready{i}", go], cwd=tmp_path, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, script, db, tmp_path / f"ready{i}", go],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(n)
     ]
     try:
