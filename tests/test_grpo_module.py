@@ -195,3 +195,27 @@ def test_crash_mid_training_marks_the_run_failed_and_keeps_what_was_logged(tmp_p
     run = client.search_runs([client.get_experiment_by_name("crash").experiment_id])[0]
     assert run.info.status == "FAILED"
     assert "val/reward/shapes" in run.data.metrics  # the validation before training is kept
+
+
+def test_known_lightning_noise_is_silenced_and_nothing_else(caplog):
+    # What every run printed and silence_known_warnings() hides: two warnings and Lightning's
+    # litlogger advertisement. An unrelated warning and log line must still come through.
+    import logging
+    import warnings
+
+    from flowrl.train import silence_known_warnings
+
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        silence_known_warnings()
+        silence_known_warnings()  # idempotent: one filter, not two
+        warnings.warn("Found 3 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
+        warnings.warn("isinstance(treespec, LeafSpec) is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn("something the user must see", UserWarning, stacklevel=1)
+        with caplog.at_level(logging.INFO, logger=rank_zero.name):
+            rank_zero.info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/project/litlogger/)")
+            rank_zero.info("GPU available: False")
+    assert [str(w.message) for w in caught] == ["something the user must see"]
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False"]
+    assert sum(f is not None and getattr(f, "__name__", "") == "_drop_litlogger_tip" for f in rank_zero.filters) == 1

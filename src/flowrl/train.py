@@ -93,13 +93,22 @@ def seed_everything(seed: int) -> None:
 
 
 def silence_known_warnings() -> None:
-    """Two Lightning warnings that every run would print and that say nothing about it: the
-    frozen reward models (and a full fine-tune's KL reference) are in eval mode on purpose, and
-    Lightning 2.6's own pytree code trips a torch deprecation."""
+    """Lightning output that every run would print and that says nothing about it: the frozen
+    reward models (and a full fine-tune's KL reference) are in eval mode on purpose, Lightning
+    2.6's own pytree code trips a torch deprecation, and each Trainer advertises a cloud logger."""
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_litlogger_tip not in rank_zero.filters:
+        rank_zero.addFilter(_drop_litlogger_tip)
+
+
+def _drop_litlogger_tip(record) -> bool:
+    """A logging filter (a callable works as one): False drops the record."""
+    return "litlogger" not in record.getMessage()
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
