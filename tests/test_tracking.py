@@ -66,6 +66,15 @@ def test_run_name():
     assert run_name({"method": {"name": "flowgrpo", "noise_level": 0.7}}) == "flowgrpo a0.7"
     assert run_name({"seed": 1}) == "s1"
     assert run_name({}) == "flowrl"
+    # A method's own knobs appear where its config has them, so a sweep's runs read apart:
+    # E-GRPO's tau (and a fixed merge's length), G²RPO's granularities, a dense horizon, a KL.
+    egrpo = {"name": "egrpo", "group_size": 12, "tau": 2.2, "merge": "adaptive", "merge_length": 2, "kl_beta": 0.0}
+    assert run_name({"method": egrpo}) == "egrpo G12 tau2.2"
+    assert run_name({"method": {**egrpo, "tau": 1.8, "merge": "fixed", "merge_length": 3}}) == "egrpo G12 tau1.8 fixed3"
+    assert run_name({"method": {"name": "g2rpo", "granularities": [1, 2], "lr": 2e-6}}) == "g2rpo L1,2 lr2e-06"
+    dense = {"name": "densegrpo", "dense_horizon": None, "kl_beta": 0.04}
+    assert run_name({"method": dense}) == "densegrpo kl0.04"
+    assert run_name({"method": {**dense, "dense_horizon": 3}}) == "densegrpo n3 kl0.04"
 
 
 def test_git_commit_and_dirty(tmp_path):

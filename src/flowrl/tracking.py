@@ -95,6 +95,13 @@ RUN_NAME_PARTS = (  # (config key, how it reads in the name)
     ("method.group_size", lambda v: f"G{v}"),
     ("method.clip_eps", lambda v: f"clip{_sci(v)}"),
     ("method.noise_level", lambda v: f"a{v:g}" if isinstance(v, (int, float)) else f"a{v}"),
+    # A method's own knobs, by key (whichever method has them): the ablations sweep these, and
+    # a sweep's runs must not all read alike. None leaves the part out.
+    ("method.tau", lambda v: f"tau{v:g}"),
+    ("method", lambda m: f"fixed{m.get('merge_length')}" if m.get("merge") == "fixed" else None),
+    ("method.granularities", lambda v: "L" + ",".join(str(g) for g in v)),
+    ("method.dense_horizon", lambda v: f"n{v}"),
+    ("method.kl_beta", lambda v: f"kl{v:g}" if v else None),
     ("method.lr", lambda v: f"lr{_sci(v)}"),
     ("seed", lambda v: f"s{v}"),
 )
@@ -111,8 +118,9 @@ def run_name(cfg) -> str:
     parts = []
     for key, fmt in RUN_NAME_PARTS:
         value = OmegaConf.select(node, key, default=None)
-        if value is not None:
-            parts.append(fmt(value))
+        part = None if value is None else fmt(value)
+        if part is not None:
+            parts.append(part)
     return " ".join(parts) or "flowrl"
 
 
