@@ -124,6 +124,10 @@ def test_two_iterations_end_to_end(tmp_path, method):
     ):
         assert key in m, key
     assert m["train/first_step_ratio_mean"] == 1.0  # first trained step of the last iteration
+    # Held-out rewards are logged at the number of updates made so far: before training (0),
+    # after iteration 1 and 2 (val_check_interval 1), and the final evaluation (2 again).
+    history = client.get_metric_history(run.info.run_id, "val/reward/shapes")
+    assert sorted(h.step for h in history) == [0, 1, 2, 2]
     assert run.data.params["method.name"] == method
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "images", "final_model"} <= artifacts

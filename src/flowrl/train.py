@@ -111,6 +111,13 @@ def _drop_litlogger_tip(record) -> bool:
     return "litlogger" not in record.getMessage()
 
 
+def held_out_rewards(trainer, module, val_loader) -> dict[str, float]:
+    """One evaluation on the held-out prompts: {'val/reward/<name>': mean}. Read from the
+    callback metrics because the module logs these to MLflow itself (at its own step)."""
+    trainer.validate(module, val_loader, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     silence_known_warnings()
     seed_everything(cfg.seed)
@@ -131,9 +138,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates (DenseGRPO)
-        before = trainer.validate(module, val_loader, verbose=False)[0]
+        before = held_out_rewards(trainer, module, val_loader)
         trainer.fit(module, train_loader, val_loader)
-        after = trainer.validate(module, val_loader, verbose=False)[0]
+        after = held_out_rewards(trainer, module, val_loader)
     except BaseException as error:  # the MLflow run keeps what was logged, marked FAILED (KILLED on Ctrl-C)
         logger.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "failed")
         raise

@@ -225,11 +225,24 @@ class GRPOModule(L.LightningModule):
                 self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch
             )
         for name, reward in self.eval_rewards.items():
-            self.log(f"val/reward/{name}", reward(images, rows).mean().item(), batch_size=len(rows), prog_bar=name == "shapes")
+            value = reward(images, rows).mean().item()
+            # Lightning aggregates this for the bar and trainer.validate()'s result; MLflow gets the
+            # epoch mean in on_validation_epoch_end, at the step the sample grid uses.
+            self.log(f"val/reward/{name}", value, batch_size=len(rows), prog_bar=name == "shapes", logger=False)
+            total, count = self._val_sums.get(name, (0.0, 0))
+            self._val_sums[name] = (total + value * len(rows), count + len(rows))
         self.last_val_images = images[: cfg.grid_prompts * cfg.samples_per_prompt]
 
+    def on_validation_epoch_start(self):
+        self._val_sums: dict[str, tuple[float, int]] = {}  # name -> (sum of batch means x rows, rows)
+
     def on_validation_epoch_end(self):
-        """The same prompts and noise every evaluation: the grids show the policy change."""
+        """Held-out rewards logged at step = optimizer updates so far (0 before training, N after
+        N iterations; Lightning's own step would say N - 1 for an evaluation inside the loop).
+        The same prompts and noise every evaluation: the grids show the policy change."""
+        if self.logger is not None and self._val_sums:
+            means = {f"val/reward/{name}": total / count for name, (total, count) in self._val_sums.items()}
+            self.logger.log_metrics(means, step=self.global_step)
         images = getattr(self, "last_val_images", None)
         if images is not None and hasattr(self.logger, "run_id"):
             from flowrl.tracking import log_image_grid
