@@ -75,6 +75,8 @@ def test_run_name():
     dense = {"name": "densegrpo", "dense_horizon": None, "kl_beta": 0.04}
     assert run_name({"method": dense}) == "densegrpo kl0.04"
     assert run_name({"method": {**dense, "dense_horizon": 3}}) == "densegrpo n3 kl0.04"
+    # The lr in the name is the optimizer's: method.lr 2e-6 x train.lr_scale 5 (the tiny model's) = 1e-5.
+    assert run_name({"method": {"name": "egrpo", "lr": 2e-6}, "train": {"lr_scale": 5.0}}) == "egrpo lr1e-05"
 
 
 def test_git_commit_and_dirty(tmp_path):

@@ -102,9 +102,20 @@ RUN_NAME_PARTS = (  # (config key, how it reads in the name)
     ("method.granularities", lambda v: "L" + ",".join(str(g) for g in v)),
     ("method.dense_horizon", lambda v: f"n{v}"),
     ("method.kl_beta", lambda v: f"kl{v:g}" if v else None),
-    ("method.lr", lambda v: f"lr{_sci(v)}"),
+    ("lr", lambda v: f"lr{_sci(v)}"),  # the optimizer's: method.lr x train.lr_scale (see _select)
     ("seed", lambda v: f"s{v}"),
 )
+
+
+def _select(node, key: str):
+    """A config value for the run name; "lr" is the learning rate the optimizer gets."""
+    from omegaconf import OmegaConf
+
+    if key != "lr":
+        return OmegaConf.select(node, key, default=None)
+    lr = OmegaConf.select(node, "method.lr", default=None)
+    scale = OmegaConf.select(node, "train.lr_scale", default=None)
+    return lr if lr is None or scale is None else lr * scale
 
 
 def run_name(cfg) -> str:
@@ -117,7 +128,7 @@ def run_name(cfg) -> str:
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(_resolved(cfg))
     parts = []
     for key, fmt in RUN_NAME_PARTS:
-        value = OmegaConf.select(node, key, default=None)
+        value = _select(node, key)
         part = None if value is None else fmt(value)
         if part is not None:
             parts.append(part)
