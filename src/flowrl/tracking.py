@@ -90,7 +90,16 @@ def _sci(value) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
-RUN_NAME_PARTS = (  # (config key, how it reads in the name)
+def _optimizer_lr(node):
+    """The learning rate the optimizer gets: method.lr x train.lr_scale."""
+    from omegaconf import OmegaConf
+
+    lr = OmegaConf.select(node, "method.lr", default=None)
+    scale = OmegaConf.select(node, "train.lr_scale", default=None)
+    return lr if lr is None or scale is None else lr * scale
+
+
+RUN_NAME_PARTS = (  # (config key, or a function of the config; how it reads in the name)
     ("method.name", str),
     ("method.group_size", lambda v: f"G{v}"),
     ("method.clip_eps", lambda v: f"clip{_sci(v)}"),
@@ -102,20 +111,9 @@ RUN_NAME_PARTS = (  # (config key, how it reads in the name)
     ("method.granularities", lambda v: "L" + ",".join(str(g) for g in v)),
     ("method.dense_horizon", lambda v: f"n{v}"),
     ("method.kl_beta", lambda v: f"kl{v:g}" if v else None),
-    ("lr", lambda v: f"lr{_sci(v)}"),  # the optimizer's: method.lr x train.lr_scale (see _select)
+    (_optimizer_lr, lambda v: f"lr{_sci(v)}"),
     ("seed", lambda v: f"s{v}"),
 )
-
-
-def _select(node, key: str):
-    """A config value for the run name; "lr" is the learning rate the optimizer gets."""
-    from omegaconf import OmegaConf
-
-    if key != "lr":
-        return OmegaConf.select(node, key, default=None)
-    lr = OmegaConf.select(node, "method.lr", default=None)
-    scale = OmegaConf.select(node, "train.lr_scale", default=None)
-    return lr if lr is None or scale is None else lr * scale
 
 
 def run_name(cfg) -> str:
@@ -128,7 +126,7 @@ def run_name(cfg) -> str:
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(_resolved(cfg))
     parts = []
     for key, fmt in RUN_NAME_PARTS:
-        value = _select(node, key)
+        value = key(node) if callable(key) else OmegaConf.select(node, key, default=None)
         part = None if value is None else fmt(value)
         if part is not None:
             parts.append(part)
