@@ -137,6 +137,16 @@ def test_logger_end_to_end(tmp_path, monkeypatch):
     assert params["long"] == "z" * 5997 + "..."
     assert re.fullmatch(r"[0-9a-f]{40}", run.data.tags["git_commit"]) and run.data.tags["git_dirty"] in ("True", "False")
     assert run.data.tags["seed"] == "7"
+    # the sweep knobs as tags (the UI's group-by); this config has no tau, sweep or budget block
+    assert {k: run.data.tags.get(k) for k in ("method", "group_size", "clip_eps", "tau", "sweep", "budget")} == {
+        "method": "flowgrpo",
+        "group_size": "24",
+        "clip_eps": "0.0001",
+        "tau": None,
+        "sweep": None,
+        "budget": None,
+    }
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert metrics_history(uri, logger.run_id, "train/loss") == [(0, 1.0), (1, 0.25)]
     assert metrics_history(uri, logger.run_id, "train/reward/shapes") == [(0, 0.5), (1, 0.75)]
 
@@ -217,3 +227,57 @@ def test_runs_started_together_on_a_new_sqlite_store_all_succeed(tmp_path):
     ids = [out.split() for out, _ in results]
     assert len({experiment for experiment, _ in ids}) == 1
     assert len({run for _, run in ids}) == n
+
+
+def test_run_tags_read_the_sweep_knobs_from_the_config():
+    from flowrl.tracking import run_tags
+
+    cfg = OmegaConf.create(
+        {
+            "seed": 2,
+            "sweep": "tau",
+            "budget": {"nfe": None, "reward_queries": None, "wall_s": None},
+            "train": {"iterations": 30},
+            "method": {"name": "egrpo", "tau": 2.2, "group_size": 12, "clip_eps": 1e-4, "g": "${.group_size}"},
+        }
+    )
+    assert run_tags(cfg) == {
+        "method": "egrpo",
+        "tau": "2.2",
+        "group_size": "12",
+        "clip_eps": "0.0001",
+        "seed": "2",
+        "sweep": "tau",
+        "budget": "iterations=30",  # no budget set: the run's length is its iterations
+    }
+    cfg.budget.nfe = 200000
+    assert run_tags(cfg)["budget"] == "nfe=200000"
+    cfg.budget.wall_s = 600
+    assert run_tags(cfg)["budget"] == "nfe=200000,wall_s=600"
+    # keys the config lacks or leaves null are left out (a method without tau, no sweep, no budget)
+    assert run_tags({"method": {"name": "dancegrpo", "group_size": 12}, "sweep": None}) == {
+        "method": "dancegrpo",
+        "group_size": "12",
+    }
+    assert run_tags({}) == {}
+
+
+def test_experiments_are_tagged_custom_model_development(tmp_path):
+    # MLflow 3.17's UI opens an experiment without mlflow.experimentKind on its GenAI traces page
+    # ("No data available"); flowrl's experiments must open on their runs, also ones created before.
+    from mlflow.tracking import MlflowClient
+
+    from flowrl.tracking import build_mlflow_logger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    old = client.create_experiment("old", artifact_location=str(tmp_path / "a"))
+    other = client.create_experiment(
+        "other", artifact_location=str(tmp_path / "b"), tags={"mlflow.experimentKind": "genai_development"}
+    )
+    for name in ("new", "old", "other"):
+        build_mlflow_logger(name, tracking_uri=uri)
+    kinds = {name: client.get_experiment_by_name(name).tags.get("mlflow.experimentKind") for name in ("new", "old", "other")}
+    assert kinds == {"new": "custom_model_development", "old": "custom_model_development", "other": "genai_development"}
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert other  # a kind set on purpose is kept

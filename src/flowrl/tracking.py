@@ -2,7 +2,9 @@
 
 A run records: params = the flattened resolved config, namespaced metrics (`train/loss`,
 `train/reward/<name>`, `val/reward/<name>`, `perf/nfe`), artifacts (the resolved config, sample
-grids, final weights) and tags (git commit, dirty tree, seed).
+grids, final weights) and tags (git commit, dirty tree, and the knobs a sweep compares: method,
+tau, group_size, clip_eps, seed, sweep, budget). Experiments are tagged
+mlflow.experimentKind=custom_model_development so the MLflow 3 UI opens on their runs.
 
 mlflow and lightning take seconds to import, so they are imported inside the functions:
 `import flowrl.tracking` stays cheap (config tooling and tests import it without training).
@@ -173,8 +175,7 @@ def build_mlflow_logger(
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)  # creates / migrates a new sqlite store
-        if client.get_experiment_by_name(experiment_name) is None:  # and two sweeps' first runs
-            client.create_experiment(experiment_name)  # must not both create the experiment
+        ensure_experiment(client, experiment_name)  # two sweeps' first runs must not both create it
     return _run_logger_class()(
         experiment_name=experiment_name,
         run_name=run_name,
@@ -182,6 +183,24 @@ def build_mlflow_logger(
         tags={str(k): str(v) for k, v in (tags or {}).items()},
         log_model=log_model,
     )
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI then opens on the runs, not the GenAI traces
+
+
+def ensure_experiment(client, name: str) -> str:
+    """The id of experiment `name`, created if missing, tagged mlflow.experimentKind=custom_model_development.
+
+    Without the tag MLflow 3.17's UI opens an experiment on its GenAI "Traces" overview ("No data
+    available"), which is empty for training runs. Experiments created before flowrl set the tag
+    (or by another tool) get it too, unless they already carry a kind of their own."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 @contextlib.contextmanager
@@ -235,15 +254,61 @@ def _run_logger_class():
     return RunLogger
 
 
+BUDGET_KEYS = ("nfe", "reward_queries", "wall_s")
+RUN_TAG_KEYS = (  # (tag, config key): the UI's group-by and parallel-coordinates read these
+    ("method", "method.name"),
+    ("tau", "method.tau"),
+    ("group_size", "method.group_size"),
+    ("clip_eps", "method.clip_eps"),
+    ("seed", "seed"),
+    ("sweep", "sweep"),
+)
+
+
+def _budget_tag(resolved: dict) -> str | None:
+    """'nfe=200000' (the set keys of the top-level `budget:` block, comma-joined), else
+    'iterations=30' (train.iterations), else None."""
+    budget = resolved.get("budget") or {}
+    parts = [f"{key}={budget[key]}" for key in BUDGET_KEYS if isinstance(budget, dict) and budget.get(key) is not None]
+    if parts:
+        return ",".join(parts)
+    iterations = (resolved.get("train") or {}).get("iterations")
+    return None if iterations is None else f"iterations={iterations}"
+
+
+def run_tags(cfg) -> dict[str, str]:
+    """{'method': 'egrpo', 'tau': '2.2', 'group_size': '12', 'clip_eps': '0.0001', 'seed': '0',
+    'sweep': 'tau', 'budget': 'iterations=30'}: the knobs a sweep compares, as MLflow run tags.
+
+    The UI groups runs by a tag in one click (mean with a band over seeds) and lists tags in
+    its parallel-coordinates chart; params are there too, but under their full dotted keys
+    among some hundred others. A key the config lacks (or sets to null) is left out."""
+    resolved = _resolved(cfg)
+    if not isinstance(resolved, dict):
+        return {}
+    tags = {}
+    for tag, key in RUN_TAG_KEYS:
+        node = resolved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            tags[tag] = str(node)
+    budget = _budget_tag(resolved)
+    if budget is not None:
+        tags["budget"] = budget
+    return tags
+
+
 def log_run_metadata(logger, cfg, seed: int | None = None) -> None:
-    """Params (the flattened resolved config), tags (git commit, dirty tree, seed) and the
-    resolved config as artifact config/resolved.yaml.
+    """Params (the flattened resolved config), tags (git commit, dirty tree, and the sweep knobs
+    of `run_tags`: method, tau, group_size, clip_eps, seed, sweep, budget) and the resolved
+    config as artifact config/resolved.yaml.
 
     Params go through log_batch in chunks of 100 (the store's per-request limit; MLflow 3's client
     chunks too, the explicit chunks keep this independent of that), not through
     logger.log_hyperparams, which silently cuts values to 250 characters. The git state is read
     from this package's checkout, not from the working directory, which may be anywhere."""
-    from mlflow.entities import Param
+    from mlflow.entities import Param, RunTag
     from omegaconf import OmegaConf
 
     client, run_id = logger.experiment, logger.run_id
@@ -255,10 +320,10 @@ def log_run_metadata(logger, cfg, seed: int | None = None) -> None:
     if seed is None and isinstance(resolved, dict):
         seed = resolved.get("seed")
     package_dir = Path(__file__).resolve().parent
-    tags = {"git_commit": git_commit(package_dir), "git_dirty": git_dirty(package_dir), "seed": seed}
-    for key, value in tags.items():
-        if value is not None:
-            client.set_tag(run_id, key, str(value))
+    tags = {"git_commit": git_commit(package_dir), "git_dirty": git_dirty(package_dir), **run_tags(resolved)}
+    if seed is not None:
+        tags["seed"] = seed
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items() if value is not None])
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resolved.yaml"
