@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train sample plan bench lint pretrain mlflow-ui clean
+.PHONY: help setup test test-fast train sample plan bench lint pretrain ui mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -38,8 +38,14 @@ sample: $(STAMP) ## sample the tiny model on held-out prompts and score every re
 plan: $(STAMP) ## print the default method's step plan and per-prompt budget
 	$(PY) -m flowrl.plan
 
-mlflow-ui: $(STAMP) ## browse the tracked runs (sqlite:///mlflow.db) at http://127.0.0.1:5000
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --workers 1
+HOST ?= 127.0.0.1
+PORT ?= 5000
+STORE ?= sqlite:///mlflow.db
+
+ui: $(STAMP) ## the MLflow UI on the project's store (sqlite:///mlflow.db) at http://127.0.0.1:5000 (HOST=, PORT=, STORE=)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT) --workers 1
+
+mlflow-ui: ui ## alias of ui
 
 bench: $(STAMP) ## measured performance ratios, side by side in one run
 	$(PY) -m flowrl.bench
