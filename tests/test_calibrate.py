@@ -12,7 +12,7 @@ SMALL = [
     "method.num_steps=3",
     "method.group_size=3",
     "method.calibration.iterations=1",
-    "method.calibration.num_prompts=2",
+    "method.calibration.num_samples=2",
 ]
 
 
@@ -28,8 +28,9 @@ def test_calibrate_writes_a_table_training_can_use(tmp_path, capsys):
     path = calibrate(_cfg(tmp_path, *SMALL))
     record = json.loads(path.read_text())
     assert len(record["noise_levels"]) == 3 and len(record["history"]) == 1
-    # one round from 0.7: every step moved by exactly eps2 = 0.01, one way or the other
-    assert all(abs(abs(x - 0.7) - 0.01) < 1e-9 for x in record["noise_levels"])
+    # one round from psi_0 (Flow-GRPO's std_dev_t at a 0.7): every step moved by exactly eps2 = 0.01
+    psi0 = record["history"][0]["noise_levels"]
+    assert all(abs(abs(x - x0) - 0.01) < 1e-9 for x, x0 in zip(record["noise_levels"], psi0, strict=True))
     assert "noise levels per step" in capsys.readouterr().out
     module, _ = build_module(_cfg(tmp_path, *SMALL, f"method.noise_levels_file={path}"))
     assert module.step_scheduler.noise_levels == record["noise_levels"]

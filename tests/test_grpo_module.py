@@ -36,78 +36,106 @@ def _shapes_score(images, prompts):
     return {"shapes": ShapesReward()(images, prompts)}
 
 
-def _schedulers():
-    from flowrl.step_schedulers.dense_reward import DenseRewardStepScheduler
-    from flowrl.step_schedulers.entropy_merge import EntropyMergeStepScheduler
-    from flowrl.step_schedulers.singular_stochastic import SingularStochasticStepScheduler
-    from flowrl.step_schedulers.uniform import UniformStepScheduler
+def _small_scheduler(method: str, *extra):
+    """A method config at a small size (its scheduler's own small_overrides), as built for training."""
+    from hydra.utils import instantiate
 
-    return {
-        "dance": UniformStepScheduler(num_steps=4, group_size=3, noise_level=0.3, sde="dance"),
-        "flowgrpo": UniformStepScheduler(num_steps=4, group_size=3, noise_level=0.7, sde="sde", same_initial_noise=False),
-        "egrpo": EntropyMergeStepScheduler(num_steps=8, group_size=3, num_branch_steps=4, tau=1.2),
-        "g2rpo": SingularStochasticStepScheduler(num_steps=6, group_size=3, num_branch_steps=3, granularities=[1, 2]),
-        "densegrpo": DenseRewardStepScheduler(num_steps=4, group_size=3, noise_levels=[0.7, 0.6, 0.5, 0.4]),
-    }
+    small = instantiate(_compose([f"method={method}"]).method.step_scheduler).small_overrides
+    return instantiate(_compose([f"method={method}", *small, "method.group_size=3", *extra]).method.step_scheduler)
 
 
-@pytest.mark.parametrize("kind", ["dance", "flowgrpo", "egrpo", "g2rpo", "densegrpo"])
-def test_ratio_is_exactly_one_before_first_update(tiny_model, kind):
-    # Re-evaluating every jump of a fresh rollout with the same weights (train mode, grad on)
-    # must reproduce the rollout's log-probs bit for bit: ratio = exp(0) = 1 exactly. The training
-    # forward uses the rollout's row chunks (max_batch 4 splits the 6 rows of the sde plans).
+def _compose(overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in (__import__("pathlib").Path(CONF_DIR) / "method").glob("*.yaml")))
+def test_ratio_is_exactly_one_before_first_update(tiny_model, method):
+    # Every term of the first optimizer step re-evaluated with the same weights (train mode, grad
+    # on) reproduces the rollout's log-prob bit for bit: ratio = exp(0) = 1 exactly. The engine
+    # runs the first step's rows of a jump as chunks of their own and the update uses the same
+    # chunks (max_batch 4 splits the 6 rows of the sde plans). After that first optimizer step the
+    # weights have moved, so the later steps' ratios may leave 1 (they do in the official scripts).
     from flowrl.sampling.rollout import chunks, jump_log_prob, rollout
-    from flowrl.sampling.sigmas import flow_sigmas
 
-    sched = _schedulers()[kind]
-    sigmas = flow_sigmas(sched.num_steps, 3.0)
+    sched = _small_scheduler(method)
+    plan = sched.plan(0, torch.Generator().manual_seed(0))
     tiny_model.eval()
-    ro = rollout(tiny_model, sched, PROMPTS, sigmas, _shapes_score, torch.Generator().manual_seed(0), max_batch=4)
+    ro = rollout(tiny_model, plan, PROMPTS, _shapes_score, torch.Generator().manual_seed(0), max_batch=4)
     tiny_model.train()
     try:
-        for j in range(len(sched.plan().jumps)):
-            js = ro.jump_sets[j]
-            for rows in chunks(js.x.shape[0], 4):
-                out = jump_log_prob(tiny_model, sched, ro, js, rows)
+        first = plan.optimizer_steps(len(PROMPTS))[0]
+        assert first, method
+        for block in first:
+            js = ro.jump_sets[block.jump]
+            for sl in chunks(block.rows.numel(), 4):
+                rows = block.rows[sl]
+                out = jump_log_prob(tiny_model, ro, js, rows)
                 assert out.log_prob.requires_grad
                 ratio = torch.exp(out.log_prob - js.log_prob[rows].flatten())
-                assert torch.equal(ratio, torch.ones_like(ratio)), (kind, j)
+                assert torch.equal(ratio, torch.ones_like(ratio)), (method, block.jump)
     finally:
         tiny_model.eval()
 
 
 def test_rollout_same_initial_noise_and_nfe(tiny_model):
     from flowrl.sampling.rollout import rollout
-    from flowrl.sampling.sigmas import flow_sigmas
     from flowrl.step_schedulers.uniform import UniformStepScheduler
 
     prompt = ["a red circle on a blue background"]
     sched = UniformStepScheduler(num_steps=3, group_size=4, same_initial_noise=True)
-    ro = rollout(tiny_model, sched, prompt, flow_sigmas(3), _shapes_score, torch.Generator().manual_seed(0), max_batch=3)
-    # 4 rows x 3 steps = 12 NFE, in 2 chunks (3 + 1 rows) per step = 6 forwards
+    ro = rollout(tiny_model, sched.plan(0), prompt, _shapes_score, torch.Generator().manual_seed(0), max_batch=3)
+    # 4 rows x 3 steps = 12 NFE; with one optimizer step over all samples (the default update)
+    # every step's rows are chunked 3 + 1 -> 6 forwards; the last x0 is scored (no extra NFE)
     assert ro.nfe == 4 * 3 and ro.forwards == 6 and ro.images.shape == (4, 3, 32, 32)
     assert ro.parts["shapes"].shape == (1, 4) and len(ro.jump_sets) == 3
     x1 = ro.jump_sets[0].x
     assert torch.equal(x1[0], x1[3])  # same x_1 in the group
     assert not torch.equal(ro.jump_sets[1].x[0], ro.jump_sets[1].x[3])  # different SDE noise after
     sched2 = UniformStepScheduler(num_steps=3, group_size=4, same_initial_noise=False)
-    ro2 = rollout(tiny_model, sched2, prompt, flow_sigmas(3), _shapes_score, torch.Generator().manual_seed(0))
+    ro2 = rollout(tiny_model, sched2.plan(0), prompt, _shapes_score, torch.Generator().manual_seed(0))
     assert not torch.equal(ro2.jump_sets[0].x[0], ro2.jump_sets[0].x[3])
 
 
+def test_dancegrpo_scores_the_last_steps_x0_prediction(tiny_model):
+    # train_grpo_flux.py decodes the last step's pred_original_sample, x_{T-1} - sigma_{T-1} v,
+    # not the final SDE sample (which carries the last step's noise).
+    from flowrl.sampling.rollout import rollout
+    from flowrl.sampling.steps import predict_x0
+    from flowrl.step_schedulers.uniform import UniformStepScheduler
+
+    images = []
+
+    def keep(im, prompts):
+        images.append(im)
+        return _shapes_score(im, prompts)
+
+    plan = UniformStepScheduler(num_steps=3, group_size=2, score="last_x0").plan(0)
+    ro = rollout(tiny_model, plan, PROMPTS[:1], keep, torch.Generator().manual_seed(0))
+    js = ro.jump_sets[2]
+    with torch.no_grad():
+        v = tiny_model.velocity(js.x, ro.sigmas[2].expand(2), ro.embeds[js.embed_index])
+    expected = tiny_model.decode(predict_x0(js.x, v, ro.sigmas[2]))
+    torch.testing.assert_close(images[0], expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(images[0], tiny_model.decode(js.x_next[:, 0]), atol=1e-3)
+
+
+METHODS = sorted(p.stem for p in (__import__("pathlib").Path(CONF_DIR) / "method").glob("*.yaml"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dancegrpo", "flowgrpo", "egrpo", "g2rpo", "densegrpo"])
+@pytest.mark.parametrize("method", METHODS)
 def test_two_iterations_end_to_end(tmp_path, method):
     import mlflow
+    from hydra.utils import instantiate
 
     from flowrl.train import train
 
-    extra = {
-        "egrpo": ["method.num_branch_steps=2", "method.tau=1.0"],
-        "g2rpo": ["method.num_branch_steps=2", "method.granularities=[1,2]"],
-        "densegrpo": ["method.calibration.iterations=1", "method.calibration.num_prompts=2"],
-    }.get(method, [])
-    summary = train(_cfg(tmp_path, f"method={method}", "logger.experiment_name=e2e", *extra))
+    small = [
+        o for o in instantiate(_compose([f"method={method}"]).method.step_scheduler).small_overrides if "group_size" not in o
+    ]
+    extra = ["method.calibration.iterations=1", "method.calibration.num_samples=2"] if method == "densegrpo" else []
+    summary = train(_cfg(tmp_path, f"method={method}", "logger.experiment_name=e2e", *small, *extra))
     assert {"before/val/reward/shapes", "after/val/reward/shapes", "after/val/reward/tiny_clip"} <= set(summary)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
@@ -121,13 +149,23 @@ def test_two_iterations_end_to_end(tmp_path, method):
         "train/reward/tiny_clip",
         "val/reward/shapes",
         "perf/nfe",
+        "perf/nfe_total",
+        "perf/optimizer_steps",
     ):
         assert key in m, key
+    # the plan's optimizer steps were taken (2 prompts x G 3 at the small sizes)
+    from flowrl.plan import compose_plan
+
+    plan, _ = compose_plan([f"method={method}", *small, *extra, "method.group_size=3"])
+    assert m["perf/optimizer_steps"] == len(plan.optimizer_steps(2))
     assert m["train/first_step_ratio_mean"] == 1.0  # first trained step of the last iteration
-    # Held-out rewards are logged at the number of updates made so far: before training (0),
-    # after iteration 1 and 2 (val_check_interval 1), and the final evaluation (2 again).
+    # Held-out rewards are logged at the number of iterations completed: before training (0),
+    # after iteration 1 and 2 (val_check_interval 1), and the final evaluation (2 again), each with
+    # the NFE spent so far as val/nfe_total (the x-axis methods share).
     history = client.get_metric_history(run.info.run_id, "val/reward/shapes")
     assert sorted(h.step for h in history) == [0, 1, 2, 2]
+    nfe = sorted((h.step, h.value) for h in client.get_metric_history(run.info.run_id, "val/nfe_total"))
+    assert nfe[0] == (0, 0.0) and nfe[-1][1] == m["perf/nfe_total"] > 0
     assert run.data.params["method.name"] == method
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "images", "final_model"} <= artifacts
@@ -153,6 +191,17 @@ def test_ema_update_and_swap_hand_worked():
     assert p.item() == 2.0  # the live weights come back
     with pytest.raises(ValueError, match="decay"):
         EMA([p], decay=1.0)
+    # flow_grpo/ema.py: every 2nd optimizer step, decay min((1 + s) / (10 + s), 0.9) at step s.
+    # Step 0: skipped; step 1: d = 2 / 11 -> shadow = 2/11 * 1 + 9/11 * 3 = 2.636364.
+    q = torch.nn.Parameter(torch.tensor([1.0]))
+    warm = EMA([q], decay=0.9, every=2, warmup=True)
+    with torch.no_grad():
+        q.fill_(3.0)
+    warm.update(0)
+    assert warm.shadow[0].item() == 1.0
+    warm.update(1)
+    assert warm.shadow[0].item() == pytest.approx(2 / 11 + 27 / 11)
+    assert warm.decay_at(1000) == 0.9
 
 
 @pytest.mark.slow
@@ -165,7 +214,7 @@ def test_lora_training_with_kl_uses_the_disabled_adapter_as_reference(tmp_path):
     from flowrl.train import build_module, train
 
     lora = ["+model.lora.rank=4", "+model.lora.alpha=8", "+model.lora.target_modules=[to_q,to_k,to_v,to_out.0]"]
-    cfg = _cfg(tmp_path, "method=flowgrpo", "train.ema_decay=0.5", "logger.experiment_name=lora", *lora)
+    cfg = _cfg(tmp_path, "method=flowgrpo", "method.ema.decay=0.5", "logger.experiment_name=lora", *lora)
     module, _ = build_module(cfg)
     assert module.ref_model is None and module.model.has_adapter
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}

@@ -20,8 +20,10 @@ def test_plan_json_dancegrpo(capsys):
     ):
         assert key in out, key
     assert out["method"] == "dancegrpo" and out["num_steps"] == 16
-    assert out["branches"][0] == {"start": 0, "stop": 1} and len(out["branches"]) == 16
+    assert out["branches"][0] == {"start": 0, "stop": 1, "sde": "dance", "noise_level": 0.3} and len(out["branches"]) == 16
     assert out["nfe_per_prompt"] == 16 * 12
+    # drawn per sample (train_grpo_flux.py), so no fixed indices; 4 prompts x G 12 / 4 samples per step
+    assert out["trained_step_indices"] is None and out["optimizer_steps_per_iteration"] == 12
 
 
 def test_plan_json_flowgrpo_with_override(capsys):
@@ -31,12 +33,34 @@ def test_plan_json_flowgrpo_with_override(capsys):
     assert (out["method"], out["num_steps"], out["group_size"]) == ("flowgrpo", 10, 8)
     assert out["nfe_per_prompt"] == 80 and out["trained_steps_per_prompt"] == 72
     assert out["same_initial_noise"] is False
+    # the first 9 of 10 in order; two optimizer steps per rollout (config/grpo.py)
+    assert out["trained_step_indices"] == list(range(9)) and out["optimizer_steps_per_iteration"] == 2
 
 
 def test_plan_text(capsys):
     main(["method=dancegrpo"])
     text = capsys.readouterr().out
-    assert "NFE per prompt         192" in text and "random 9 of 16" in text
+    assert "NFE per prompt         192" in text and "a random 9 of the first 15 steps" in text
+    assert "12 optimizer steps per iteration of 4 prompt(s)" in text
+
+
+def test_plan_json_every_method_reports_its_update(capsys):
+    from flowrl.bench import METHODS
+
+    for method in METHODS:
+        main(["--json", f"method={method}"])
+        out = json.loads(capsys.readouterr().out)
+        assert out["method"] == method and out["optimizer_steps_per_iteration"] >= 1
+        assert out["trained_step_indices"] is None or all(0 <= i < out["num_steps"] for i in out["trained_step_indices"])
+
+
+def test_plan_iteration_flag(capsys):
+    main(["--json", "--iteration", "3", "method=egrpo"])
+    assert json.loads(capsys.readouterr().out)["iteration"] == 3
+    import pytest
+
+    with pytest.raises(SystemExit, match="--iteration"):
+        main(["--iteration", "x", "method=egrpo"])
 
 
 def test_plan_cli_is_fast():

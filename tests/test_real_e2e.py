@@ -32,7 +32,7 @@ def hps_ckpt(tmp_path_factory):
     "model, builder, method",
     [
         ("flux_dev", build_flux, ["method=egrpo", "method.num_branch_steps=2", "method.tau=1.0"]),
-        ("sd35_medium", build_sd3, ["method=densegrpo", "method.calibration.iterations=1", "method.calibration.num_prompts=1"]),
+        ("sd35_medium", build_sd3, ["method=densegrpo", "method.calibration.iterations=1", "method.calibration.num_samples=2"]),
     ],
 )
 def test_two_iterations_on_real_format_checkpoints(tmp_path, hps_ckpt, model, builder, method):

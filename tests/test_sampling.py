@@ -165,7 +165,7 @@ def _expected_log_prob_from_eps(eps: torch.Tensor, std: torch.Tensor) -> torch.T
     "step",
     [
         lambda x, v, s, sn, **kw: sde_step(x, v, s, sn, noise_level=0.7, **kw),
-        lambda x, v, s, sn, **kw: sde_step(x, v, s, sn, noise_level=0.7, sde_type="cps", **kw),
+        lambda x, v, s, sn, **kw: sde_step(x, v, s, sn, noise_level=0.7, sde_type="cps", log_prob="gaussian", **kw),
         lambda x, v, s, sn, **kw: dance_sde_step(x, v, s, sn, eta=0.3, **kw),
     ],
     ids=["sde", "cps", "dance"],
@@ -302,6 +302,32 @@ def test_cps_step_hand_values():
     assert out.std.item() == pytest.approx(0.25 * math.sin(0.35 * math.pi), abs=1e-6)
     assert out.mean.item() == pytest.approx(0.5625 + 1.25 * 0.25 * math.cos(0.35 * math.pi), abs=1e-6)
     assert out.mean.item() == pytest.approx(0.7043720, abs=1e-6)
+
+
+def test_cps_official_log_prob_is_minus_mean_squared_error():
+    # flow_grpo sd3_sde_with_logprob.py (sde_type "cps"): log_prob = -mean((x_next - mean)^2), no
+    # constants, no variance; the default for CPS. x = 1, v = 0.5, 0.5 -> 0.25, a 0.5:
+    # mean = 0.7834709 (above). Taking x_next = [mean + 0.1, mean - 0.3] -> -(0.01 + 0.09) / 2 = -0.05.
+    x, v = torch.ones(1, 2), torch.full((1, 2), 0.5)
+    mean = 0.7834709
+    prev = torch.tensor([[mean + 0.1, mean - 0.3]])
+    out = sde_step(x, v, 0.5, 0.25, noise_level=0.5, prev_sample=prev, sde_type="cps")
+    assert out.log_prob.item() == pytest.approx(-0.05, abs=1e-6)
+    gauss = sde_step(x, v, 0.5, 0.25, noise_level=0.5, prev_sample=prev, sde_type="cps", log_prob="gaussian")
+    assert gauss.log_prob.item() == pytest.approx(gaussian_log_prob(prev, gauss.mean, gauss.std).item())
+    with pytest.raises(ValueError, match="log_prob"):
+        sde_step(x, v, 0.5, 0.25, sde_type="cps", log_prob="exact")
+
+
+def test_std_dev_t_is_returned_and_can_be_given():
+    # Flow-GRPO's std_dev_t = a sqrt(sigma / (1 - sigma)) (what its KL divides by): a 0.7, sigma
+    # 0.5 -> 0.7; given directly (DenseGRPO's psi) it replaces the formula.
+    out = sde_step(scalar(1.0), scalar(0.0), 0.5, 0.25, noise_level=0.7, noise=scalar(0.0))
+    assert out.std_dev_t.item() == pytest.approx(0.7, abs=1e-6) and out.std.item() == pytest.approx(0.35, abs=1e-6)
+    given = sde_step(scalar(1.0), scalar(0.0), 0.5, 0.25, noise_level=0.7, noise=scalar(0.0), std_dev_t=1.4)
+    assert given.std_dev_t.item() == pytest.approx(1.4) and given.std.item() == pytest.approx(0.7, abs=1e-6)
+    with pytest.raises(ValueError, match="std_dev_t"):
+        sde_step(scalar(1.0), scalar(0.0), 0.5, 0.25, std_dev_t=0.5, sde_type="cps")
 
 
 # --------------------------------------------------------------------------- rollouts

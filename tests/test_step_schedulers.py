@@ -1,54 +1,196 @@
+"""The per-iteration plan contract (step_schedulers/base.py) and the `uniform` scheduler
+(DanceGRPO / Flow-GRPO), worked by hand. Where a behaviour comes from an official script, the
+test names it."""
+
 import json
 
 import pytest
 import torch
 
-from flowrl.step_schedulers.base import group_normalize, make_sde_step
+from flowrl.step_schedulers.base import (
+    Jump,
+    StepPlan,
+    StepSettings,
+    UpdateSchedule,
+    group_normalize,
+    strided_completion,
+)
 from flowrl.step_schedulers.uniform import UniformStepScheduler
 
 
-def test_group_normalize_hand_worked():
-    # r = [1, 2, 3, 6]: mean 3, population var = (4 + 1 + 0 + 9) / 4 = 3.5, std = 1.8708
-    # -> (r - 3) / 1.8708 = [-1.0690, -0.5345, 0, 1.6036]
+def _flowgrpo(**kw):
+    base = dict(
+        num_steps=10,
+        group_size=24,
+        noise_level=0.7,
+        sde="sde",
+        timestep_fraction=0.99,
+        timestep_selection="first",
+        exclude_last_step=False,
+        same_initial_noise=False,
+        group_by="prompt",
+        global_std=True,
+        std_unbiased=False,
+        std_eps=1e-4,
+        score="final",
+        update={"step_every": "rollout", "steps_per_rollout": 2, "shuffle": True},
+        method="flowgrpo",
+    )
+    return UniformStepScheduler(**{**base, **kw})
+
+
+def _dancegrpo(**kw):
+    base = dict(update={"step_every": "samples", "samples_per_step": 4})
+    return UniformStepScheduler(**{**base, **kw})
+
+
+# ---- group statistics (issue item 2c) ---------------------------------------------------------
+
+
+def test_group_normalize_unbiased_hand_worked():
+    # DanceGRPO / E-GRPO / G²RPO: torch's default unbiased std + 1e-8 (train_grpo_flux.py,
+    # rollout_buffer.py, train_g2rpo_hps.py). r = [1, 2, 3, 6]: mean 3, sample var 14 / 3,
+    # std 2.160247 -> [-0.92582, -0.46291, 0, 1.38873].
     adv = group_normalize(torch.tensor([[1.0, 2.0, 3.0, 6.0]]))
-    torch.testing.assert_close(adv, torch.tensor([[-1.0690, -0.5345, 0.0, 1.6036]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(adv, torch.tensor([[-0.92582, -0.46291, 0.0, 1.38873]]), atol=1e-5, rtol=0)
+
+
+def test_group_normalize_population_hand_worked():
+    # Flow-GRPO's stat tracker (numpy std, ddof 0): population var 14 / 4 = 3.5, std 1.870829,
+    # + 1e-4 -> [-1.06904, -0.53452, 0, 1.60356] (to 1e-4 relative).
+    adv = group_normalize(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), unbiased=False, eps=1e-4)
+    expected = torch.tensor([[-2.0, -1.0, 0.0, 3.0]]) / (1.8708287 + 1e-4)
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
 
 
 def test_identical_rewards_give_zero_advantage_not_nan():
     # Peers' known failure: a group with identical rewards (e.g. identical noise) -> 0/0.
-    adv = group_normalize(torch.full((2, 5), 0.7))
-    assert torch.equal(adv, torch.zeros(2, 5))
+    for unbiased in (True, False):
+        assert torch.equal(group_normalize(torch.full((2, 5), 0.7), unbiased=unbiased), torch.zeros(2, 5))
 
 
-def test_uniform_advantages_clamped():
-    # One outlier in a group of 40: rewards [0]*39 + [1]: mean 0.025, population std
-    # sqrt(0.025 * 0.975) = 0.156125 -> the outlier's z = 0.975 / 0.156125 = 6.245 > 5.
-    s = UniformStepScheduler(group_size=40)
+def test_flowgrpo_per_prompt_mean_global_std():
+    # flow_grpo/stat_tracking.py with global_std (every SD3 config): mean per prompt, std over
+    # every reward of the update (population) + 1e-4. Rewards, prompts a, b, a (G 2):
+    #   all rewards [0, 2, 1, 3, 4, 6]: mean 8/3, population var (64+4+25+1+16+100)/9/6*... -> std 1.97203
+    #   prompt a pools [0, 2, 4, 6] (mean 3); prompt b [1, 3] (mean 2).
+    s = _flowgrpo(num_steps=4, group_size=2)
+    r = torch.tensor([[0.0, 2.0], [1.0, 3.0], [4.0, 6.0]])
+    std = torch.tensor([0.0, 2.0, 1.0, 3.0, 4.0, 6.0]).std(unbiased=False).item()
+    assert std == pytest.approx(1.972027, abs=1e-6)
+    expected = torch.tensor([[-3.0, -1.0], [-1.0, 1.0], [1.0, 3.0]]) / (std + 1e-4)
+    plan = s.plan(0)
+    adv = s.advantages(r, plan, ["a", "b", "a"])
+    torch.testing.assert_close(adv[0].view(3, 2), expected, atol=1e-5, rtol=0)
+    # every trained jump of a trajectory shares its final advantage
+    assert all(torch.equal(a, adv[0]) for a in adv)
+    # per-prompt std instead of the global one: prompt a's pooled population std sqrt(5)
+    s2 = _flowgrpo(num_steps=4, group_size=2, global_std=False)
+    adv2 = s2.advantages(r, s2.plan(0), ["a", "b", "a"])[0].view(3, 2)
+    torch.testing.assert_close(adv2[0], torch.tensor([-3.0, -1.0]) / (5**0.5 + 1e-4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(adv2[1], torch.tensor([-1.0, 1.0]) / (1.0 + 1e-4), atol=1e-5, rtol=0)
+
+
+def test_advantages_clamped_and_in_the_jump_set_layout():
+    # One outlier in a group of 40 (DanceGRPO, unbiased): rewards [0]*39 + [1]: mean 0.025,
+    # sample std sqrt(40 * 0.025 * 0.975 / 39) = 0.158114 -> the outlier's z = 6.166 > 5: clamped.
+    s = _dancegrpo(group_size=40, update={"step_every": "samples", "samples_per_step": 40})
     r = torch.zeros(1, 40)
     r[0, -1] = 1.0
-    adv = s.advantages(r)  # [P, G, T]: the final image's advantage on every step of its trajectory
-    assert adv.shape == (1, 40, 16) and torch.equal(adv[..., 0], adv[..., 15])
-    assert adv[0, -1, 0].item() == pytest.approx(5.0)  # clamped from 6.245
-    assert adv[0, 0, 0].item() == pytest.approx(-0.025 / 0.156125, rel=1e-4)
+    plan = s.plan(0)
+    adv = s.advantages(r, plan)
+    # one tensor per jump, [M = P*G, K = 1] as the engine's full-trajectory jump sets
+    assert len(adv) == 16 and all(a.shape == (40, 1) for a in adv)
+    assert adv[0][-1, 0].item() == pytest.approx(5.0)
+    assert adv[0][0, 0].item() == pytest.approx(-0.025 / 0.158114, rel=1e-4)
 
 
-def test_uniform_per_prompt_stats_pool_repeated_prompts():
-    # Two groups share prompt "a": stats over all 4 samples [0, 2, 4, 6]: mean 3, pop std sqrt(5)
-    # -> [-1.3416, -0.4472, 0.4472, 1.3416]; group "b" alone: [1, 3] -> [-1, 1].
-    s = UniformStepScheduler(group_size=2, group_by="prompt")
-    r = torch.tensor([[0.0, 2.0], [1.0, 3.0], [4.0, 6.0]])
-    adv = s.advantages(r, ["a", "b", "a"])[..., 0]
-    expected = torch.tensor([[-1.3416, -0.4472], [-1.0, 1.0], [0.4472, 1.3416]])
-    torch.testing.assert_close(adv, expected, atol=1e-4, rtol=0)
-    # per-group statistics instead: each row normalised alone
-    s2 = UniformStepScheduler(group_size=2, group_by="group")
-    torch.testing.assert_close(s2.advantages(r)[..., 0], torch.tensor([[-1.0, 1.0]] * 3))
+# ---- trained steps (2h) and the update schedule (2b) --------------------------------------------
+
+
+def test_dancegrpo_trains_per_sample_random_steps_from_the_first_t_minus_1():
+    # train_grpo_flux.py: each sample its own torch.randperm(T - 1), the first int((T-1) * 0.6)
+    # = 9 of them trained; the last step (15 -> 16) never.
+    s = _dancegrpo()
+    plan = s.plan(0, torch.Generator().manual_seed(0))
+    assert plan.trained_step_indices() is None and plan.update.per_sample == (9, 15)
+    mask = plan.trained_mask(num_prompts=2)  # [24 samples, 16 jumps]
+    assert mask.shape == (24, 16) and mask.sum(1).tolist() == [9] * 24
+    assert not mask[:, 15].any()
+    assert len({tuple(row.tolist()) for row in mask}) > 1  # drawn per sample, not shared
+    # the draw is frozen in the plan: the engine and the update derive the same mask
+    assert torch.equal(mask, plan.trained_mask(num_prompts=2))
+    # and drawn anew each iteration from the run's generator
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(s.plan(0, g).trained_mask(2), s.plan(1, g).trained_mask(2))
+
+
+def test_dancegrpo_optimizer_step_every_gradient_accumulation_samples():
+    # finetune_flux_grpo.sh: gradient_accumulation_steps 4, so with 1 prompt x G 12 per rank an
+    # optimizer step after samples 0-3, 4-7, 8-11: 3 steps per rollout, each over 4 x 9 terms
+    # (the loss / (4 x 9) of the script = the mean over the step's terms).
+    plan = _dancegrpo().plan(0, torch.Generator().manual_seed(0))
+    steps = plan.optimizer_steps(num_prompts=1)
+    assert len(steps) == 3
+    for o, step in enumerate(steps):
+        rows = sorted({r for b in step for r in b.rows.tolist()})
+        assert rows == list(range(4 * o, 4 * o + 4))
+        assert sum(b.rows.numel() for b in step) == 4 * 9
+    assert plan.to_json(1)["optimizer_steps_per_iteration"] == 3
+    assert plan.to_json(2)["optimizer_steps_per_iteration"] == 6
+    # 5 does not divide 12: steps over 5, 5 and the remaining 2 samples (the official script would
+    # zero the remainder's gradient at the next iteration; flowrl steps on it)
+    odd = _dancegrpo(update={"step_every": "samples", "samples_per_step": 5}).plan(0).optimizer_steps(1)
+    assert [len({r for b in step for r in b.rows.tolist()}) for step in odd] == [5, 5, 2]
+
+
+def test_flowgrpo_trains_the_first_9_of_10_in_order_in_two_optimizer_steps():
+    # config/grpo.py: timestep_fraction 0.99 -> int(10 * 0.99) = 9, indices 0..8 in order
+    # (train_sd3.py); gradient_accumulation_steps = num_batches_per_epoch // 2 -> 2 optimizer
+    # steps per epoch, each over half the (shuffled) samples and all 9 timesteps.
+    s = _flowgrpo()
+    plan = s.plan(0, torch.Generator().manual_seed(3))
+    assert plan.trained_step_indices() == list(range(9))
+    steps = plan.optimizer_steps(num_prompts=2)  # 48 samples
+    assert len(steps) == 2
+    halves = [sorted({r for b in step for r in b.rows.tolist()}) for step in steps]
+    assert [len(h) for h in halves] == [24, 24] and sorted(halves[0] + halves[1]) == list(range(48))
+    assert halves[0] != list(range(24))  # shuffled before the split
+    assert all([b.jump for b in step] == list(range(9)) for step in steps)
+
+
+def test_update_schedule_per_jump_and_validation():
+    # E-GRPO / G²RPO (grpo_trainer.py, train_g2rpo_hps.py): one optimizer step per trained jump
+    jumps = tuple(Jump(i, i + 1) for i in range(4))
+    plan = StepPlan("x", (1.0, 0.75, 0.5, 0.25, 0.0), 2, "sde", jumps, UpdateSchedule(trained=(0, 2), step_every="jump"), False)
+    steps = plan.optimizer_steps(num_prompts=3)
+    assert [[b.jump for b in s] for s in steps] == [[0], [2]] and steps[0][0].rows.tolist() == list(range(6))
+    first = plan.first_step_rows(3)
+    assert list(first) == [0] and torch.equal(first[0], steps[0][0].rows)
+    with pytest.raises(ValueError, match="exactly one of"):
+        UpdateSchedule()
+    with pytest.raises(ValueError, match="step_every"):
+        UpdateSchedule(trained=(0,), step_every="epoch")
+    with pytest.raises(ValueError, match="samples_per_step"):
+        UpdateSchedule(trained=(0,), step_every="samples")
+    with pytest.raises(ValueError, match="index the plan"):
+        StepPlan("x", (1.0, 0.5, 0.0), 2, "sde", jumps[:2], UpdateSchedule(trained=(3,)), False)
+
+
+def test_plan_is_frozen_and_carries_each_jumps_step_settings():
+    plan = _flowgrpo(num_steps=4).plan(0)
+    with pytest.raises(AttributeError):
+        plan.group_size = 3  # frozen dataclass
+    assert plan.jumps[0].step == StepSettings("sde", 0.7, sigma_max=plan.sigmas[1])
+    assert plan.step_at(2) is plan.jumps[2].step
+    d = _dancegrpo().plan(0)
+    assert d.jumps[0].step.kind == "dance" and d.jumps[0].step.noise_level == 0.3 and d.score == "last_x0"
+    json.dumps(d.to_json(2))
 
 
 def test_uniform_plan_budget_dancegrpo_defaults():
-    # T 16, G 12, fraction 0.6 -> int(9.6) = 9 trained steps per trajectory.
-    # NFE/prompt = 12 * 16 = 192; rewards = 12; backward passes = 12 * 9 = 108.
-    plan = UniformStepScheduler(num_steps=16, group_size=12, timestep_fraction=0.6).plan()
+    # T 16, G 12, 9 trained per sample -> NFE/prompt 12 * 16 = 192; rewards 12; backward 108.
+    plan = _dancegrpo().plan(0)
     assert plan.budget() == {
         "nfe_per_generation": 16,
         "nfe_per_prompt": 192,
@@ -56,30 +198,30 @@ def test_uniform_plan_budget_dancegrpo_defaults():
         "trained_steps_per_prompt": 108,
     }
     assert [(j.start, j.stop) for j in plan.jumps] == [(i, i + 1) for i in range(16)]
-    json.dumps(plan.to_json())
 
 
-def test_sample_trained_steps():
-    s = UniformStepScheduler(num_steps=16, timestep_fraction=0.6)
-    g = torch.Generator().manual_seed(0)
-    steps = s.sample_trained_steps(g)
-    assert len(steps) == 9 == len(set(steps)) and steps == sorted(steps) and all(0 <= i < 16 for i in steps)
-    assert s.sample_trained_steps(torch.Generator().manual_seed(0)) == steps
+def test_step_settings_dispatch_and_validation():
+    from flowrl.sampling import dance_sde_step, ode_step, sde_step
 
-
-def test_sde_step_kinds_dispatch():
-    x, v = torch.randn(2, 3), torch.randn(2, 3)
-    noise = torch.randn(2, 3)
-    from flowrl.sampling import dance_sde_step, sde_step
-
+    x, v, noise = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
     torch.testing.assert_close(
-        make_sde_step("dance", 0.3)(x, v, 0.5, 0.4, noise=noise).mean, dance_sde_step(x, v, 0.5, 0.4, eta=0.3).mean
+        StepSettings("dance", 0.3)(x, v, 0.5, 0.4, noise=noise).mean, dance_sde_step(x, v, 0.5, 0.4, eta=0.3).mean
     )
-    torch.testing.assert_close(
-        make_sde_step("cps", 0.7)(x, v, 0.5, 0.4, noise=noise).mean, sde_step(x, v, 0.5, 0.4, 0.7, sde_type="cps").mean
-    )
-    with pytest.raises(ValueError, match="sde must be"):
-        make_sde_step("ode", 0.3)
+    cps = StepSettings("cps", 0.7, log_prob="mse")(x, v, 0.5, 0.4, noise=noise)
+    torch.testing.assert_close(cps.mean, sde_step(x, v, 0.5, 0.4, 0.7, sde_type="cps").mean)
+    assert torch.equal(StepSettings("ode")(x, v, 0.5, 0.4).prev_sample, ode_step(x, v, 0.5, 0.4))
+    with pytest.raises(ValueError, match="step kind"):
+        StepSettings("euler")
+    with pytest.raises(ValueError, match="std_dev_t goes with kind 'sde'"):
+        StepSettings("dance", 0.3, std_dev_t=0.5)
+
+
+def test_strided_completion_hand_worked():
+    # G²RPO / E-GRPO coarse completions: one fine step, then stride g; last point -> T where missed.
+    assert strided_completion(4, 16, 1) == tuple(range(4, 17))
+    assert strided_completion(4, 16, 2) == (4, 5, 7, 9, 11, 13, 16)
+    assert strided_completion(5, 16, 2) == (5, 6, 8, 10, 12, 14, 16)
+    assert strided_completion(16, 16, 2) == (16,)  # landed on sigma 0: nothing to complete
 
 
 def test_validation():
@@ -89,5 +231,10 @@ def test_validation():
         UniformStepScheduler(timestep_fraction=0)
     with pytest.raises(ValueError, match="group_by"):
         UniformStepScheduler(group_by="batch")
+    with pytest.raises(ValueError, match="timestep_selection"):
+        UniformStepScheduler(timestep_selection="last")
+    with pytest.raises(ValueError, match="unknown update keys"):
+        UniformStepScheduler(update={"every": 3})
+    s = UniformStepScheduler()
     with pytest.raises(ValueError, match=r"rewards \[P, 12\]"):
-        UniformStepScheduler().advantages(torch.zeros(12))
+        s.advantages(torch.zeros(12), s.plan(0))

@@ -66,13 +66,34 @@ def test_run_name():
     assert run_name({"method": {"name": "flowgrpo", "noise_level": 0.7}}) == "flowgrpo a0.7"
     assert run_name({"seed": 1}) == "s1"
     assert run_name({}) == "flowrl"
-    # A method's own knobs appear where its config has them, so a sweep's runs read apart:
-    # E-GRPO's tau (and a fixed merge's length), G²RPO's granularities, a dense horizon, a KL.
-    egrpo = {"name": "egrpo", "group_size": 12, "tau": 2.2, "merge": "adaptive", "merge_length": 2, "kl_beta": 0.0}
+    # A method's own knobs appear as its step scheduler declares them (run_name_knobs), so a
+    # sweep's runs read apart: E-GRPO's tau, a fixed merge's length and its granularities,
+    # G²RPO's granularities, a dense horizon; and a KL.
+    # (the scheduler is found from the method config's own step_scheduler._target_)
+    sched = lambda module, cls: {"_target_": f"flowrl.step_schedulers.{module}.{cls}"}  # noqa: E731
+    egrpo = {
+        "name": "egrpo",
+        "group_size": 12,
+        "tau": 2.2,
+        "merge": "adaptive",
+        "merge_length": 2,
+        "kl_beta": 0.0,
+        "step_scheduler": sched("entropy_merge", "EntropyMergeStepScheduler"),
+    }
     assert run_name({"method": egrpo}) == "egrpo G12 tau2.2"
+    assert run_name({"method": {**egrpo, "granularities": [1, 2]}}) == "egrpo G12 tau2.2 L1,2"
     assert run_name({"method": {**egrpo, "tau": 1.8, "merge": "fixed", "merge_length": 3}}) == "egrpo G12 tau1.8 fixed3"
-    assert run_name({"method": {"name": "g2rpo", "granularities": [1, 2], "lr": 2e-6}}) == "g2rpo L1,2 lr2e-06"
-    dense = {"name": "densegrpo", "dense_horizon": None, "kl_beta": 0.04}
+    g2rpo = {"name": "g2rpo", "granularities": [1, 2], "lr": 2e-6}
+    assert run_name({"method": {**g2rpo, "step_scheduler": sched("singular_stochastic", "SingularStochasticStepScheduler")}}) == (
+        "g2rpo L1,2 lr2e-06"
+    )
+    assert run_name({"method": g2rpo}) == "g2rpo lr2e-06"  # no scheduler, no knobs: nothing keyed by method name
+    dense = {
+        "name": "densegrpo",
+        "dense_horizon": None,
+        "kl_beta": 0.04,
+        "step_scheduler": sched("dense_reward", "DenseRewardStepScheduler"),
+    }
     assert run_name({"method": dense}) == "densegrpo kl0.04"
     assert run_name({"method": {**dense, "dense_horizon": 3}}) == "densegrpo n3 kl0.04"
     # The lr in the name is the optimizer's: method.lr 2e-6 x train.lr_scale 5 (the tiny model's) = 1e-5.

@@ -33,18 +33,9 @@ from flowrl.sampling.rollout import chunks
 from flowrl.sampling.steps import ode_step
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "bench"
-METHODS = ("dancegrpo", "flowgrpo", "egrpo", "g2rpo", "densegrpo")
+CONF_METHODS = Path(__file__).resolve().parents[2] / "conf" / "method"
+METHODS = tuple(sorted(p.stem for p in CONF_METHODS.glob("*.yaml")))  # every method config, no list kept here
 PROMPT = "a red circle on a blue background"
-
-# --quick: every method shrunk to a few steps and a group of 2 (the papers' structure kept:
-# anchor + branches, MGAI completions, dense intermediate rewards).
-QUICK_OVERRIDES = {
-    "dancegrpo": ["method.num_steps=4", "method.group_size=2"],
-    "flowgrpo": ["method.num_steps=4", "method.group_size=2"],
-    "egrpo": ["method.num_steps=4", "method.group_size=2", "method.num_branch_steps=2"],
-    "g2rpo": ["method.num_steps=4", "method.group_size=2", "method.num_branch_steps=2", "method.granularities=[1,2]"],
-    "densegrpo": ["method.num_steps=4", "method.group_size=2"],
-}
 
 
 # ---- measurement helpers ----------------------------------------------------------------------
@@ -120,7 +111,7 @@ def _ode_along(model, x, schedule: list[int], sigmas, embeds):
 
 
 @torch.no_grad()
-def peer_rollout(model, step_scheduler, prompts: list[str], sigmas, score_fn, generator, micro_batch: int = 2):
+def peer_rollout(model, plan, prompts: list[str], score_fn, generator, micro_batch: int = 2):
     """The same plan executed the way the official DanceGRPO / Flow-GRPO / E-GRPO / G²RPO training
     scripts structure their sampling (this mirrors their loop structure; it is not their code):
     one prompt at a time; the G samples of a group in micro-batches of `micro_batch` rows; each
@@ -132,8 +123,8 @@ def peer_rollout(model, step_scheduler, prompts: list[str], sigmas, score_fn, ge
 
     Spends exactly the papers' NFE: plan.budget()["nfe_per_prompt"] per prompt.
     Returns the rewards {part: [P, G, *plan.score_shape]} (the engine's layout)."""
-    plan = step_scheduler.plan()
     g, t, n_prompts = plan.group_size, plan.num_steps, len(prompts)
+    sigmas = plan.sigma_tensor()
     parts: dict[str, torch.Tensor] = {}
 
     def record(p: int, rows: slice, where: tuple, x) -> None:
@@ -152,12 +143,13 @@ def peer_rollout(model, step_scheduler, prompts: list[str], sigmas, score_fn, ge
                 for i in range(t):
                     v = model.velocity(x, sigmas[i].expand(n).to(x), e)
                     noise = torch.randn(x.shape, generator=generator).to(x.device)
-                    out = step_scheduler.sde_jump(x, v, sigmas, i, i + 1, noise=noise)
+                    out = plan.step_at(i)(x, v, sigmas[i], sigmas[i + 1], noise=noise)
+                    last_x0 = x.float() - sigmas[i] * v.float()
                     x = out.prev_sample
                     states.append(x)
                     log_probs.append(out.log_prob)
                 dense = bool(plan.intermediate_completions)
-                record(p, rows, (t,) if dense else (), x)
+                record(p, rows, (t,) if dense else (), x if plan.score == "final" else last_x0.to(x.dtype))
                 for i, schedule in enumerate(plan.intermediate_completions):  # R(x_i) for every i
                     record(p, rows, (i,), _ode_along(model, states[i], schedule, sigmas, e))
         else:
@@ -178,7 +170,7 @@ def peer_rollout(model, step_scheduler, prompts: list[str], sigmas, score_fn, ge
                     xk = anchor[k].expand(n, *x.shape[1:]).clone()
                     v = model.velocity(xk, sigmas[k].expand(n).to(xk), e)  # per sample, as the peers
                     noise = torch.randn(xk.shape, generator=generator).to(xk.device)
-                    out = step_scheduler.sde_jump(xk, v, sigmas, k, s, noise=noise)
+                    out = branch.jump.step(xk, v, sigmas[k], sigmas[s], noise=noise)
                     for c, schedule in enumerate(branch.completions):
                         record(p, rows, (b, c), _ode_along(model, out.prev_sample, schedule, sigmas, e))
     return parts
@@ -215,59 +207,27 @@ def compose_method(method: str, overrides: list[str]) -> MethodSetup:
     return MethodSetup(method, cfg, instantiate(cfg.method.step_scheduler), overrides)
 
 
-def train_jumps(model, ref_model, step_scheduler, ro, adv, opt, cfg, max_batch: int, generator) -> int:
-    """The training half of GRPOModule.training_step without Lightning: for each trained jump,
-    re-evaluate its log-probs chunk by chunk (with grad), GRPO loss (+ KL to the frozen reference
-    when the method has kl_beta > 0), backward; one optimizer step (grad clip) per iteration.
-    Returns the number of rows that went through a training forward/backward."""
-    from flowrl.losses.grpo import grpo_loss
-    from flowrl.sampling.rollout import jump_log_prob
+def optimizer_step_fn(model, opt, grad_clip: float):
+    """What GRPOModule does after each of the plan's optimizer steps, without Lightning."""
 
-    m = cfg.method
-    model.train()
-    opt.zero_grad(set_to_none=True)
-    trained = step_scheduler.trained_jumps(generator)
-    total_terms = sum(ro.jump_sets[j].log_prob.numel() for j in trained)
-    rows_done = 0
-    for j in trained:
-        js = ro.jump_sets[j]
-        adv_j = adv[:, :, j].reshape(js.log_prob.shape).to(js.log_prob.device)
-        for rows in chunks(js.x.shape[0], max_batch):
-            out = jump_log_prob(model, step_scheduler, ro, js, rows)
-            ref_mean = None
-            if m.kl_beta > 0:
-                with torch.no_grad():
-                    ref_mean = jump_log_prob(ref_model, step_scheduler, ro, js, rows).mean
-            res = grpo_loss(
-                out.log_prob,
-                js.log_prob[rows].flatten(),
-                adv_j[rows].flatten(),
-                m.clip_eps,
-                adv_clip=m.adv_clip,
-                kl_beta=m.kl_beta,
-                mean=out.mean if ref_mean is not None else None,
-                ref_mean=ref_mean,
-                std=out.std if ref_mean is not None else None,
-            )
-            (res.loss * (out.log_prob.numel() / total_terms)).backward()
-            rows_done += rows.stop - rows.start
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.train.grad_clip)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    model.eval()
-    return rows_done
+    def step():
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch: int, micro_batch: int, device) -> dict:
-    from flowrl.sampling.rollout import rollout
-    from flowrl.sampling.sigmas import flow_sigmas
+    from flowrl.sampling.rollout import jump_log_prob, rollout
     from flowrl.step_schedulers.base import RewardScores
+    from flowrl.update import LossConfig, policy_update
 
     cfg, sched = setup.cfg, setup.step_scheduler
-    plan = sched.plan()
+    plan = sched.plan(0, torch.Generator().manual_seed(0))
     budget = plan.budget()
-    sigmas = flow_sigmas(cfg.method.num_steps, cfg.method.shift)
     prompts = [PROMPT]
+    loss = LossConfig(cfg.method.clip_eps, cfg.method.adv_clip, cfg.method.kl_beta, cfg.method.get("kl_form", "official"))
     model = make_model()
     model.requires_grad_(False)
     model.transformer.requires_grad_(True)  # full fine-tune, as E-GRPO (the tiny model has no LoRA here)
@@ -280,13 +240,25 @@ def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch
         timed.reset(), score.reset()
         _sync(device)
         start = time.perf_counter()
-        ro = rollout(timed, sched, prompts, sigmas, score, generator, max_batch)
+        ro = rollout(timed, plan, prompts, score, generator, max_batch)
         _sync(device)
         rollout_s = time.perf_counter() - start
         rewards = ro.parts[reward.name]
-        adv = sched.advantages(RewardScores.single(reward.name, rewards), prompts)
+        adv = sched.advantages(RewardScores.single(reward.name, rewards), plan, prompts)
         adv_s = time.perf_counter() - start - rollout_s
-        train_rows = train_jumps(model, ref_model, sched, ro, adv, opt, cfg, max_batch, generator)
+        model.train()
+        stats = policy_update(
+            model,
+            plan,
+            ro,
+            adv,
+            optimizer_step_fn(model, opt, cfg.train.grad_clip),
+            loss,
+            max_batch,
+            reference_mean=(lambda r, js, rows: jump_log_prob(ref_model, r, js, rows).mean.detach()) if ref_model else None,
+        )
+        model.eval()
+        train_rows = stats.rows
         _sync(device)
         iteration_s = time.perf_counter() - start
         if timed.evals != ro.nfe:
@@ -310,7 +282,7 @@ def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch
         generator = torch.Generator().manual_seed(r)
         _sync(device)
         start = time.perf_counter()
-        peer_parts = peer_rollout(timed, sched, prompts, sigmas, score, generator, micro_batch)
+        peer_parts = peer_rollout(timed, plan, prompts, score, generator, micro_batch)
         _sync(device)
         peer_runs.append(
             {
@@ -333,6 +305,7 @@ def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch
         "nfe_per_prompt": budget["nfe_per_prompt"],
         "reward_queries_per_prompt": budget["reward_queries_per_prompt"],
         "backward_passes_per_prompt": budget["trained_steps_per_prompt"],
+        "optimizer_steps": len(plan.optimizer_steps(len(prompts))),
         **engine,
         **peer,
         "iteration_s": min(d["iteration_s"] for d in engine_runs),
@@ -666,12 +639,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     reward = JpegCompressibilityReward().to(args.device)
     rows = []
     for method in args.methods:
-        overrides = (QUICK_OVERRIDES[method] if args.quick else []) + list(args.override)
-        rows.append(
-            bench_method(
-                compose_method(method, overrides), make_model, reward, args.repeats, args.max_batch, args.micro_batch, args.device
-            )
-        )
+        quick = list(compose_method(method, []).step_scheduler.small_overrides) if args.quick else []
+        setup = compose_method(method, quick + list(args.override))
+        rows.append(bench_method(setup, make_model, reward, args.repeats, args.max_batch, args.micro_batch, args.device))
         r = rows[-1]
         print(
             f"{method}: rollout {r['rollout_s']:.2f} s (forwards {100 * r['forward_share']:.1f}%), peer {r['peer_s']:.2f} s "

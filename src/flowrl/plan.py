@@ -2,9 +2,12 @@
 
     python -m flowrl.plan method=dancegrpo
     python -m flowrl.plan --json method=flowgrpo method.group_size=8
+    python -m flowrl.plan --iteration 60 method=mixgrpo      # the plan of a later iteration
 
 Composes conf/train.yaml with the given Hydra overrides and instantiates only the step
-scheduler, so it answers in a few seconds.
+scheduler, so it answers in a few seconds. Optimizer steps per iteration are for
+train.prompts_per_step prompts; random choices (DanceGRPO's per-sample steps) are drawn from a
+generator seeded with `seed`, so the printed plan is the one iteration 0 of that run trains.
 """
 
 from __future__ import annotations
@@ -16,23 +19,34 @@ from pathlib import Path
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-def compose_plan(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    return instantiate(cfg.method.step_scheduler).plan()
+        return hydra_compose("train", overrides=overrides)
 
 
-def format_plan(plan) -> str:
+def compose_plan(overrides: list[str], iteration: int = 0):
+    """(plan of `iteration`, prompts per iteration) for a composed config."""
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = compose(overrides)
+    plan = instantiate(cfg.method.step_scheduler).plan(iteration, torch.Generator().manual_seed(cfg.seed))
+    return plan, int(cfg.train.prompts_per_step)
+
+
+def format_plan(plan, num_prompts: int = 1, iteration: int = 0) -> str:
     b = plan.budget()
+    info = plan.to_json(num_prompts)
     jumps = " ".join(f"{j.start}->{j.stop}" for j in plan.jumps)
+    trained = info["trained_step_indices"]
     lines = [
-        f"method {plan.method}: T={plan.num_steps}, G={plan.group_size}, trajectory={plan.trajectory}, "
-        f"same initial noise per group: {plan.same_initial_noise}",
+        f"method {plan.method} (iteration {iteration}): T={plan.num_steps}, G={plan.group_size}, trajectory={plan.trajectory}, "
+        f"same initial noise per group: {plan.same_initial_noise}, scored image: {plan.score}",
         f"stochastic jumps (sigma indices): {jumps}",
-        f"trained: {plan.note or plan.trained_per_generation}",
+        f"trained: {plan.note}" + (f" (starting at {trained})" if trained is not None else ""),
     ]
     for br in plan.branches:
         comps = "; ".join(" ".join(map(str, c)) for c in br.completions)
@@ -41,6 +55,7 @@ def format_plan(plan) -> str:
         lens = " ".join(str(len(c) - 1) for c in plan.intermediate_completions)
         lines.append(f"  dense rewards: every x_i (i = 0..{plan.num_steps - 1}) ODE-completed in {lens} steps")
     lines += [
+        f"update: {info['update']}, {info['optimizer_steps_per_iteration']} optimizer steps per iteration of {num_prompts} prompt(s)",
         "budget per prompt (NFE as the papers count them):",
         f"  NFE per generation     {b['nfe_per_generation']}",
         f"  NFE per prompt         {b['nfe_per_prompt']}",
@@ -56,8 +71,21 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     as_json = "--json" in args
-    plan = compose_plan([a for a in args if a != "--json"])
-    print(json.dumps(plan.to_json()) if as_json else format_plan(plan))
+    iteration = 0
+    if "--iteration" in args:
+        i = args.index("--iteration")
+        try:
+            iteration = int(args[i + 1])
+        except (IndexError, ValueError):
+            raise SystemExit("flowrl.plan: --iteration takes a non-negative integer") from None
+        del args[i : i + 2]
+        if iteration < 0:
+            raise SystemExit("flowrl.plan: --iteration takes a non-negative integer")
+    plan, num_prompts = compose_plan([a for a in args if a != "--json"], iteration)
+    if as_json:
+        print(json.dumps({"iteration": iteration, **plan.to_json(num_prompts)}))
+    else:
+        print(format_plan(plan, num_prompts, iteration))
 
 
 if __name__ == "__main__":

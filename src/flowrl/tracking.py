@@ -101,17 +101,24 @@ def _optimizer_lr(node):
     return lr if lr is None or scale is None else lr * scale
 
 
+def _scheduler_knobs(node):
+    """The method's own knobs, as its step scheduler declares them (run_name_knobs): the
+    ablations sweep these, and a sweep's runs must not all read alike. No method names here."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    target = OmegaConf.select(node, "method.step_scheduler._target_", default=None)
+    if target is None:
+        return None
+    return " ".join(get_class(target).run_name_parts(node.method)) or None
+
+
 RUN_NAME_PARTS = (  # (config key, or a function of the config; how it reads in the name)
     ("method.name", str),
     ("method.group_size", lambda v: f"G{v}"),
     ("method.clip_eps", lambda v: f"clip{_sci(v)}"),
     ("method.noise_level", lambda v: f"a{v:g}" if isinstance(v, (int, float)) else f"a{v}"),
-    # A method's own knobs, by key (whichever method has them): the ablations sweep these, and
-    # a sweep's runs must not all read alike. None leaves the part out.
-    ("method.tau", lambda v: f"tau{v:g}"),
-    ("method", lambda m: f"fixed{m.get('merge_length')}" if m.get("merge") == "fixed" else None),
-    ("method.granularities", lambda v: "L" + ",".join(str(g) for g in v)),
-    ("method.dense_horizon", lambda v: f"n{v}"),
+    (_scheduler_knobs, str),
     ("method.kl_beta", lambda v: f"kl{v:g}" if v else None),
     (_optimizer_lr, lambda v: f"lr{_sci(v)}"),
     ("seed", lambda v: f"s{v}"),

@@ -49,22 +49,30 @@ def build_module(cfg: DictConfig):
 
     data = instantiate(cfg.data)
     step_scheduler = instantiate(cfg.method.step_scheduler)
+    # a plan that cannot run fails here, before any model loads (a fresh instance: plan() may move state)
+    instantiate(cfg.method.step_scheduler).plan(0).optimizer_steps(cfg.train.prompts_per_step)
     # rewards before the model: a missing reward checkpoint is reported before FLUX (24 GB) loads
     reward = instantiate(cfg.reward)
     eval_rewards = {name: instantiate(r) for name, r in cfg.eval_rewards.items()}
     model = instantiate(cfg.model)
 
     from flowrl.modules.grpo_module import GRPOModule, OptimConfig, ValConfig
+    from flowrl.update import LossConfig
 
+    ema = cfg.method.get("ema") or {}
     optim = OptimConfig(
         lr=cfg.method.lr * cfg.train.lr_scale,
         weight_decay=cfg.train.weight_decay,
         grad_clip=cfg.train.grad_clip,
-        optimizer_step=cfg.train.optimizer_step,
-        ema_decay=cfg.train.ema_decay,
+        ema_decay=ema.get("decay", 0.0),
+        ema_every=ema.get("every", 1),
+        ema_warmup=ema.get("warmup", False),
+    )
+    loss = LossConfig(
         clip_eps=cfg.method.clip_eps,
         adv_clip=cfg.method.adv_clip,
         kl_beta=cfg.method.kl_beta,
+        kl_form=cfg.method.get("kl_form", "official"),
     )
     module = GRPOModule(
         model,
@@ -74,6 +82,7 @@ def build_module(cfg: DictConfig):
         shift=cfg.method.shift,
         max_batch=cfg.train.max_batch,
         optim=optim,
+        loss=loss,
         val=ValConfig(**cfg.val),
         seed=cfg.seed,
     )
@@ -146,7 +155,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
 
     out = Path(cfg.paths.output_dir) / "final_model"
-    with module.evaluated_weights():  # the EMA weights when train.ema_decay > 0
+    with module.evaluated_weights():  # the EMA weights when method.ema.decay > 0
         model.save_pretrained(out) if hasattr(model, "save_pretrained") else torch.save(model.state_dict(), out / "model.pt")
     log_artifact_path(logger, out, "final_model")
     summary = {f"before/{k}": v for k, v in before.items()} | {f"after/{k}": v for k, v in after.items()}

@@ -1,9 +1,13 @@
-"""Exponential moving average of the trained weights (optional: `train.ema_decay` > 0).
+"""Exponential moving average of the trained weights (optional: `method.ema.decay` > 0).
 
-    ema <- decay * ema + (1 - decay) * theta        after every optimizer step
+    ema <- d * ema + (1 - d) * theta        every `every`-th optimizer step
 
-Evaluation and the saved final model use the averaged weights (`swapped_in`), training keeps the
-raw ones. Costs one fp32 copy of the trainable parameters (the LoRA weights only, with an adapter).
+with d = decay, or, with `warmup` (flow_grpo's `EMAModuleWrapper`), d = min((1 + s) / (10 + s),
+decay) at optimizer step s, so the average starts from the live weights. The peers use it as
+flowrl does: Flow-GRPO (decay 0.9, every 8 steps, warmup) evaluates and checkpoints the average;
+DanceGRPO (`--use_ema`, 0.995) only saves it. Evaluation and the saved final model use the
+averaged weights (`swapped_in`), training keeps the raw ones. Costs one fp32 copy of the
+trainable parameters (the LoRA weights only, with an adapter).
 """
 
 from __future__ import annotations
@@ -14,17 +18,28 @@ import torch
 
 
 class EMA:
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, every: int = 1, warmup: bool = False):
         if not 0 < decay < 1:
             raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        if every < 1:
+            raise ValueError(f"ema every must be >= 1, got {every}")
         self.params = list(params)
         self.decay = float(decay)
+        self.every = int(every)
+        self.warmup = bool(warmup)
         self.shadow = [p.detach().float().clone() for p in self.params]
 
+    def decay_at(self, step: int) -> float:
+        return min((1 + step) / (10 + step), self.decay) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, step: int = 0) -> None:
+        """After optimizer step number `step` (0-based): average in when (step + 1) % every == 0."""
+        if (step + 1) % self.every:
+            return
+        d = self.decay_at(step)
         for s, p in zip(self.shadow, self.params, strict=True):
-            s.lerp_(p.detach().float(), 1 - self.decay)
+            s.lerp_(p.detach().float(), 1 - d)
 
     @contextmanager
     def swapped_in(self):
@@ -41,4 +56,4 @@ class EMA:
                     p.copy_(b)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
+        return {"decay": self.decay, "every": self.every, "warmup": self.warmup, "shadow": self.shadow}

@@ -1,10 +1,15 @@
-"""The one LightningModule: rollout -> reward -> advantages -> policy-gradient updates.
+"""The one LightningModule: plan -> rollout -> reward -> advantages -> policy update.
 
-Reads top to bottom in training_step. Manual optimization: gradients of the trained denoising
-steps are accumulated and the optimizer steps once per rollout (optim.optimizer_step =
-"iteration", the peers' default) or once per trained step ("step", PPO-style, where the clip
-binds from the second step on). The training forward re-evaluates each jump with the same row
-chunks as the rollout, so before the first update the ratio is exactly 1 (tested bit for bit).
+Reads top to bottom in training_step. The step scheduler's plan of the iteration is built once
+and is all that the rollout engine and the policy update see; the update (flowrl.update, the one
+trained-jump loop) places the optimizer steps where the plan says (per trained timestep for
+E-GRPO / G²RPO, every few samples for DanceGRPO / MixGRPO, per share of the rollout for Flow-GRPO
+/ DenseGRPO: what each official script does). Manual optimization. The training forward
+re-evaluates each jump with the rollout's row chunks, so the ratio is exactly 1 before the first
+optimizer step of every iteration (tested bit for bit).
+
+Metrics are logged at step = iterations completed (train: 1..N; held-out: 0 before training,
+then after every `val_check_interval` iterations), whatever the number of optimizer steps.
 """
 
 from __future__ import annotations
@@ -17,31 +22,21 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
-from flowrl.losses.grpo import grpo_loss
 from flowrl.modules.ema import EMA
 from flowrl.sampling.ode import generate
-from flowrl.sampling.rollout import Rollout, chunks, jump_log_prob, rollout
-from flowrl.sampling.sigmas import flow_sigmas
+from flowrl.sampling.rollout import Rollout, jump_log_prob, rollout
 from flowrl.step_schedulers.base import RewardScores
+from flowrl.update import LossConfig, policy_update
 
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-5
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-4  # every official script (AdamW, betas 0.9 / 0.999, eps 1e-8)
     grad_clip: float = 1.0
-    clip_eps: float = 1e-4
-    adv_clip: float = 5.0
-    kl_beta: float = 0.0
-    # "iteration": accumulate the gradients of every trained step, one optimizer step per rollout
-    # (DanceGRPO and the code built on it); the ratio stays 1 and the gradient is -A grad logp.
-    # "step": one optimizer step per trained denoising step (PPO-style; the clip then binds).
-    optimizer_step: str = "iteration"
     ema_decay: float = 0.0  # > 0: keep an EMA of the trained weights; evaluation and the final model use it
-
-    def __post_init__(self):
-        if self.optimizer_step not in ("iteration", "step"):
-            raise ValueError(f"optimizer_step must be 'iteration' or 'step', got {self.optimizer_step!r}")
+    ema_every: int = 1  # average in every n-th optimizer step
+    ema_warmup: bool = False  # decay min((1 + s) / (10 + s), ema_decay) at optimizer step s (flow_grpo)
 
 
 @dataclass
@@ -63,6 +58,7 @@ class GRPOModule(L.LightningModule):
         shift: float = 3.0,
         max_batch: int = 64,
         optim: OptimConfig | None = None,
+        loss: LossConfig | None = None,
         val: ValConfig | None = None,
         seed: int = 0,
     ):
@@ -72,23 +68,29 @@ class GRPOModule(L.LightningModule):
         self.eval_rewards = torch.nn.ModuleDict(dict(eval_rewards))
         self.step_scheduler = step_scheduler
         self.optim = optim or OptimConfig()
+        self.loss_cfg = loss or LossConfig()
         self.val_cfg = val or ValConfig()
         self.max_batch = max_batch
-        self.shift = shift
-        self.sigmas = flow_sigmas(step_scheduler.num_steps, shift)
+        self.shift = shift  # the held-out evaluation's ODE schedule (the plans carry their own)
         self.automatic_optimization = False
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        # counters the next iteration depends on (what a checkpoint must hold)
+        self.iteration = 0  # iterations completed
+        self.optimizer_steps_done = 0
+        self.nfe_total = 0  # NFE as flowrl.plan counts them (the papers' count)
+        self.reward_queries_total = 0
         # Reference policy for the KL term: the adapter disabled (LoRA), or a frozen copy of the
         # initial weights (full fine-tune; cheap for the tiny model, a second copy for real ones).
-        needs_copy = self.optim.kl_beta > 0 and not getattr(model, "has_adapter", False)
+        needs_copy = self.loss_cfg.kl_beta > 0 and not getattr(model, "has_adapter", False)
         self.ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_copy else None
         self.model.requires_grad_(False)
         for p in self._trainable(model):  # LoRA weights when an adapter is on, else the transformer
             p.requires_grad_(True)
         self.reward.requires_grad_(False)
         self.eval_rewards.requires_grad_(False)
-        self.ema = EMA(self._trainable(model), self.optim.ema_decay) if self.optim.ema_decay > 0 else None
+        o = self.optim
+        self.ema = EMA(self._trainable(model), o.ema_decay, o.ema_every, o.ema_warmup) if o.ema_decay > 0 else None
 
     @staticmethod
     def _trainable(model) -> list[torch.nn.Parameter]:
@@ -112,10 +114,10 @@ class GRPOModule(L.LightningModule):
         """The trained reward's parts for a chunk of images (the engine calls this per chunk)."""
         return self.reward.components(images, prompts)
 
-    def rollout(self, prompts: list[str]) -> tuple[Rollout, RewardScores]:
-        """Sample under the current policy (no grad) and score every image the plan asks for."""
+    def rollout(self, prompts: list[str], plan) -> tuple[Rollout, RewardScores]:
+        """Sample `plan` under the current policy (no grad) and score every image it asks for."""
         self.model.eval()
-        ro = rollout(self.model, self.step_scheduler, list(prompts), self.sigmas, self.score, self.generator, self.max_batch)
+        ro = rollout(self.model, plan, list(prompts), self.score, self.generator, self.max_batch)
         combine = getattr(self.reward, "combine", None)
         total = combine(ro.parts) if combine is not None else ro.parts[self.reward.name]
         weights = dict(getattr(self.reward, "weights", {self.reward.name: 1.0}))
@@ -123,68 +125,61 @@ class GRPOModule(L.LightningModule):
 
     def training_step(self, prompts: list[str], batch_idx: int):
         start = time.perf_counter()
-        # 1. rollout: the step scheduler's plan under the current policy, every image scored
-        ro, scores = self.rollout(prompts)
+        prompts = list(prompts)
+        # 1. this iteration's plan, built once and frozen: all that the engine and the update see
+        plan = self.step_scheduler.plan(self.iteration, self.generator)
+        # 2. rollout: the plan under the current policy, every image it asks for scored
+        ro, scores = self.rollout(prompts, plan)
         rollout_s = time.perf_counter() - start
-        # 2. group-relative advantages for every (sample, stochastic jump): [P, G, J]
-        adv = self.step_scheduler.advantages(scores, list(prompts))
-        # 3. policy-gradient updates on the trained jumps, one forward per start state
+        # 3. group-relative advantages, one [M_j, K_j] tensor per jump (the jump sets' layout)
+        adv = self.step_scheduler.advantages(scores, plan, prompts)
+        # 4. the policy update: the plan's trained jumps, its optimizer steps
         self.model.train()
         opt = self.optimizers()
-        trained = self.step_scheduler.trained_jumps(self.generator)
-        total_terms = sum(ro.jump_sets[j].log_prob.numel() for j in trained)
-        per_step = self.optim.optimizer_step == "step"
-        logs: list[dict] = []
         opt.zero_grad(set_to_none=True)
-        for j in trained:
-            js = ro.jump_sets[j]
-            adv_j = adv[:, :, j].reshape(js.log_prob.shape).to(js.log_prob.device)  # [M, K]
-            terms = js.log_prob.numel()
-            for rows in chunks(js.x.shape[0], self.max_batch):  # the rollout's chunks: ratio 1 bit for bit
-                out = jump_log_prob(self.model, self.step_scheduler, ro, js, rows)
-                ref_mean = self._ref_mean(ro, js, rows) if self.optim.kl_beta > 0 else None
-                res = grpo_loss(
-                    out.log_prob,
-                    js.log_prob[rows].flatten(),
-                    adv_j[rows].flatten(),
-                    self.optim.clip_eps,
-                    adv_clip=self.optim.adv_clip,
-                    kl_beta=self.optim.kl_beta,
-                    mean=out.mean if ref_mean is not None else None,
-                    ref_mean=ref_mean,
-                    std=out.std if ref_mean is not None else None,
-                )
-                # mean over every trained (sample, jump) term of the iteration, or of the step
-                weight = out.log_prob.numel() / (terms if per_step else total_terms)
-                self.manual_backward(res.loss * weight)
-                logs.append(res.metrics())
-            if per_step:
-                self._optimizer_step(opt)
-        if not per_step:
-            self._optimizer_step(opt)
-        # 4. metrics (namespaced)
-        metrics = {k: sum(d[k] for d in logs) / len(logs) for k in logs[0]}
+        stats = policy_update(
+            self.model,
+            plan,
+            ro,
+            adv,
+            step_fn=lambda: self._optimizer_step(opt),
+            loss=self.loss_cfg,
+            max_batch=self.max_batch,
+            backward=self.manual_backward,
+            reference_mean=self._ref_mean if self.loss_cfg.kl_beta > 0 else None,
+        )
+        # 5. what it cost and metrics (namespaced), at step = iterations completed
+        budget = plan.budget()
+        self.iteration += 1
+        self.nfe_total += budget["nfe_per_prompt"] * len(prompts)
+        self.reward_queries_total += budget["reward_queries_per_prompt"] * len(prompts)
+        flat_adv = torch.cat([a.flatten() for a in adv])
+        metrics = stats.mean_metrics()
         for name, part in scores.parts.items():
             metrics[f"train/reward/{name}"] = part.mean().item()
         metrics.update(
             {
                 "train/reward_std": scores.total.std().item(),
-                "train/adv_std": adv.std().item(),
-                "train/adv_abs_mean": adv.abs().mean().item(),
-                "train/first_step_ratio_mean": logs[0]["train/ratio_mean"],
+                "train/adv_std": flat_adv.std().item(),
+                "train/adv_abs_mean": flat_adv.abs().mean().item(),
+                "train/first_step_ratio_mean": stats.first_step_ratio_mean,
                 "perf/nfe": float(ro.nfe),
                 "perf/forwards": float(ro.forwards),
+                "perf/optimizer_steps": float(stats.optimizer_steps),
+                "perf/nfe_total": float(self.nfe_total),
+                "perf/reward_queries_total": float(self.reward_queries_total),
                 "perf/rollout_s": rollout_s,
                 "perf/iteration_s": time.perf_counter() - start,
             }
         )
-        self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=len(prompts))
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.iteration)
         # bar only; MLflow gets train/reward/<name>
         self.log("reward", scores.total.mean().item(), prog_bar=True, logger=False, batch_size=len(prompts))
         if batch_idx % max(1, self.val_cfg.train_grid_every) == 0 and hasattr(self.logger, "run_id"):
             from flowrl.tracking import log_image_grid
 
-            log_image_grid(self.logger, ro.images[: self.val_cfg.grid_prompts * 4], "train", step=self.global_step, nrow=8)
+            log_image_grid(self.logger, ro.images[: self.val_cfg.grid_prompts * 4], "train", step=self.iteration, nrow=8)
         return None
 
     def calibrate(self, prompts: list[str], logger=None) -> dict | None:
@@ -201,15 +196,16 @@ class GRPOModule(L.LightningModule):
         opt.step()
         opt.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.optimizer_steps_done)
+        self.optimizer_steps_done += 1
 
     @torch.no_grad()
-    def _ref_mean(self, ro: Rollout, js, rows: slice) -> torch.Tensor:
+    def _ref_mean(self, ro: Rollout, js, rows: torch.Tensor) -> torch.Tensor:
         """The reference policy's transition mean: adapter disabled, or the frozen copy."""
         if self.ref_model is not None:
-            return jump_log_prob(self.ref_model, self.step_scheduler, ro, js, rows).mean
+            return jump_log_prob(self.ref_model, ro, js, rows).mean
         with self.model.reference_policy():
-            return jump_log_prob(self.model, self.step_scheduler, ro, js, rows).mean
+            return jump_log_prob(self.model, ro, js, rows).mean
 
     def evaluated_weights(self):
         """The weights evaluation and the saved model use: the EMA when on, else the live ones."""
@@ -237,14 +233,15 @@ class GRPOModule(L.LightningModule):
         self._val_sums: dict[str, tuple[float, int]] = {}  # name -> (sum of batch means x rows, rows)
 
     def on_validation_epoch_end(self):
-        """Held-out rewards logged at step = optimizer updates so far (0 before training, N after
-        N iterations; Lightning's own step would say N - 1 for an evaluation inside the loop).
+        """Held-out rewards logged at step = iterations completed (0 before training, N after N
+        iterations; Lightning's own step counts optimizer steps), with the NFE spent so far.
         The same prompts and noise every evaluation: the grids show the policy change."""
         if self.logger is not None and self._val_sums:
             means = {f"val/reward/{name}": total / count for name, (total, count) in self._val_sums.items()}
-            self.logger.log_metrics(means, step=self.global_step)
+            means["val/nfe_total"] = float(self.nfe_total)  # the x-axis shared across methods
+            self.logger.log_metrics(means, step=self.iteration)
         images = getattr(self, "last_val_images", None)
         if images is not None and hasattr(self.logger, "run_id"):
             from flowrl.tracking import log_image_grid
 
-            log_image_grid(self.logger, images, "val", step=self.global_step, nrow=self.val_cfg.samples_per_prompt * 4)
+            log_image_grid(self.logger, images, "val", step=self.iteration, nrow=self.val_cfg.samples_per_prompt * 4)

@@ -1,6 +1,8 @@
-"""The rollout engine: executes any step scheduler's plan with batched model calls, no gradient,
-and records what training needs (each trained jump's start state, its sampled successors and
-their log-probs under the rollout policy). One code path for the tiny and the real models.
+"""The rollout engine: executes a StepPlan with batched model calls, no gradient, and records
+what training needs (each jump's start states, their sampled successors and their log-probs
+under the rollout policy). One code path for the tiny and the real models. The plan is all the
+engine reads: every jump carries its own step settings, so nothing calls back into the step
+scheduler.
 
 Two trajectory kinds (plan.trajectory):
   "sde"    G full stochastic trajectories per prompt (DanceGRPO, Flow-GRPO, DenseGRPO); with
@@ -13,6 +15,11 @@ takes up to `max_batch` rows, whatever sigma each row is at (the models take one
 Rows are prompt-major: prompt p's group is rows p*G .. p*G+G-1. The velocity at an anchor state
 is computed once and shared by the G jumps that leave it (they differ only in their noise), so an
 anchor branch costs the papers' count minus one NFE per sample; `Rollout.nfe` is what was spent.
+
+The forward of a jump's start states runs the rows that the plan's first optimizer step trains
+as chunks of their own (`plan.first_step_rows`), and the policy update evaluates them with the
+same chunks: a row's result depends on the batch it is computed in (measured on CPU for batches
+under 16 rows), so this is what makes the ratio exactly 1 before the first update.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from flowrl.models.base import PromptEmbeds
-from flowrl.sampling.steps import ode_step
+from flowrl.sampling.steps import ode_step, predict_x0
+from flowrl.step_schedulers.base import StepPlan, StepSettings
 
 ScoreFn = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]  # images [B,3,H,W], prompts -> {part: [B]}
 
@@ -36,6 +44,7 @@ class JumpSet:
 
     start: int
     stop: int
+    step: StepSettings  # how the jump was taken (the plan's), so training replays it alone
     x: torch.Tensor  # [M, *latent] state before the jump
     embed_index: torch.Tensor  # [M] long: row of Rollout.embeds (the prompt)
     x_next: torch.Tensor  # [M, K, *latent] sampled states after the jump
@@ -44,7 +53,7 @@ class JumpSet:
 
 @dataclass
 class Rollout:
-    """One rollout of P prompts x G samples; crosses engine -> module."""
+    """One rollout of P prompts x G samples; crosses engine -> module / update."""
 
     prompts: list[str]  # [P]
     group_size: int
@@ -76,6 +85,21 @@ def chunks(n: int, size: int):
         yield slice(start, min(n, start + size))
 
 
+def forward_chunks(n: int, size: int, first: torch.Tensor | None = None):
+    """Row-index chunks of at most `size` covering 0..n-1: the rows `first` (in their order)
+    as chunks of their own, then the others in order. The policy update chunks `first` the same
+    way, so those rows see the same batches in the rollout and in training."""
+    if first is None or first.numel() in (0, n):
+        for sl in chunks(n, size):
+            yield torch.arange(sl.start, sl.stop)
+        return
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[first] = False
+    for rows in (first, torch.nonzero(rest).squeeze(1)):
+        for sl in chunks(rows.numel(), size):
+            yield rows[sl]
+
+
 class _Counter:
     def __init__(self):
         self.nfe = 0
@@ -87,11 +111,12 @@ class _Counter:
         return model.velocity(x, sigma, embeds)
 
 
-def _velocities(model, x, sigma, embeds: PromptEmbeds, max_batch: int, counter: _Counter) -> torch.Tensor:
-    """v for every row of x at one sigma, chunked by max_batch rows."""
+def _velocities(model, x, sigma, embeds: PromptEmbeds, max_batch: int, counter: _Counter, first=None) -> torch.Tensor:
+    """v for every row of x at one sigma, in forward_chunks of at most max_batch rows."""
     v = torch.empty_like(x)
-    for sl in chunks(x.shape[0], max_batch):
-        v[sl] = counter.velocity(model, x[sl], sigma.expand(sl.stop - sl.start).to(x), embeds[sl])
+    for rows in forward_chunks(x.shape[0], max_batch, first):
+        idx = rows.to(x.device)
+        v[idx] = counter.velocity(model, x[idx], sigma.expand(rows.numel()).to(x), embeds[rows])
     return v
 
 
@@ -145,50 +170,62 @@ def ode_complete_and_score(
 @torch.no_grad()
 def rollout(
     model,
-    step_scheduler,
+    plan: StepPlan,
     prompts: list[str],
-    sigmas: torch.Tensor,
     score_fn: ScoreFn,
     generator: torch.Generator | None = None,
     max_batch: int = 64,
     keep_images: int = 64,
 ) -> Rollout:
-    """Execute step_scheduler.plan() for P prompts: sample, record the jumps, score every image."""
-    plan = step_scheduler.plan()
-    if len(sigmas) != plan.num_steps + 1:
-        raise ValueError(f"plan has {plan.num_steps} steps but {len(sigmas)} sigmas")
+    """Execute `plan` for P prompts: sample, record the jumps, score every image the plan asks for."""
+    prompts = list(prompts)
     if plan.trajectory == "sde":
-        return _rollout_sde(model, step_scheduler, plan, list(prompts), sigmas, score_fn, generator, max_batch, keep_images)
-    return _rollout_anchor(model, step_scheduler, plan, list(prompts), sigmas, score_fn, generator, max_batch, keep_images)
+        return _rollout_sde(model, plan, prompts, score_fn, generator, max_batch, keep_images)
+    return _rollout_anchor(model, plan, prompts, score_fn, generator, max_batch, keep_images)
 
 
-def _rollout_sde(model, step_scheduler, plan, prompts, sigmas, score_fn, generator, max_batch, keep_images) -> Rollout:
-    """G full stochastic trajectories per prompt; P*G*T NFE in ceil(P*G / max_batch) * T forwards,
-    plus the intermediate completions when the plan asks for them."""
+def _rollout_sde(model, plan: StepPlan, prompts, score_fn, generator, max_batch, keep_images) -> Rollout:
+    """G full trajectories per prompt, each step taken as the plan says (its jump's SDE, else
+    ODE); P*G*T NFE in about ceil(P*G / max_batch) * T forwards, plus the intermediate
+    completions when the plan asks for them."""
     g, t, p = plan.group_size, plan.num_steps, len(prompts)
+    sigmas = plan.sigma_tensor()
     counter = _Counter()
     embeds = model.encode_prompts(prompts)
     row_embeds = embeds.repeat_interleave(g)
     x = initial_noise(model, p, g, plan.same_initial_noise, generator)
     n = x.shape[0]
     latents = torch.empty((n, t + 1, *x.shape[1:]), dtype=x.dtype, device=x.device)  # preallocated
-    log_probs = torch.empty((n, t), dtype=torch.float32, device=x.device)
+    log_probs = torch.zeros((n, t), dtype=torch.float32, device=x.device)
     latents[:, 0] = x
     noise = torch.randn((t, *x.shape), generator=generator).to(x.device)  # drawn up front: chunking cannot change samples
+    jump_at = {j.start: idx for idx, j in enumerate(plan.jumps)}
+    first = plan.first_step_rows(p)
+    v = None
     for i in range(t):
-        v = _velocities(model, latents[:, i], sigmas[i], row_embeds, max_batch, counter)
-        for sl in chunks(n, max_batch):
-            out = step_scheduler.sde_jump(latents[sl, i], v[sl], sigmas, i, i + 1, noise=noise[i, sl])
-            latents[sl, i + 1] = out.prev_sample
-            log_probs[sl, i] = out.log_prob
+        v = _velocities(model, latents[:, i], sigmas[i], row_embeds, max_batch, counter, first.get(jump_at.get(i)))
+        out = plan.step_at(i)(latents[:, i], v, sigmas[i], sigmas[i + 1], noise=noise[i])
+        latents[:, i + 1] = out.prev_sample
+        log_probs[:, i] = out.log_prob
     row_prompt = torch.arange(p).repeat_interleave(g)
     jump_sets = [
-        JumpSet(i, i + 1, latents[:, i], row_prompt, latents[:, i + 1].unsqueeze(1), log_probs[:, i : i + 1]) for i in range(t)
+        JumpSet(
+            j.start,
+            j.stop,
+            j.step,
+            latents[:, j.start],
+            row_prompt,
+            latents[:, j.stop].unsqueeze(1),
+            log_probs[:, j.start : j.start + 1],
+        )
+        for j in plan.jumps
     ]
-    # Scored images: the final latent (lane 0, schedule [T]: no NFE), then the ODE completion of
-    # each intermediate latent x_i (lane 1 + i) when the plan asks for dense rewards.
-    lanes = [[t], *plan.intermediate_completions]
-    x_all = torch.cat([latents[:, t], *(latents[:, i] for i in range(len(lanes) - 1))])
+    # Scored images: the final latent (lane 0, schedule [T]: no NFE), or, for DanceGRPO, the x0
+    # prediction of the last step (no last-step noise); then the ODE completion of each
+    # intermediate latent x_i (lane 1 + i) when the plan asks for dense rewards.
+    final = latents[:, t] if plan.score == "final" else predict_x0(latents[:, t - 1], v, sigmas[t - 1]).to(x.dtype)
+    lanes = [(t,), *plan.intermediate_completions]
+    x_all = torch.cat([final, *(latents[:, i] for i in range(len(lanes) - 1))])
     lane_of_row = torch.arange(len(lanes)).repeat_interleave(n)
     parts, images = ode_complete_and_score(
         model,
@@ -212,30 +249,41 @@ def _rollout_sde(model, step_scheduler, plan, prompts, sigmas, score_fn, generat
     return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
 
 
-def _rollout_anchor(model, step_scheduler, plan, prompts, sigmas, score_fn, generator, max_batch, keep_images) -> Rollout:
+def _rollout_anchor(model, plan: StepPlan, prompts, score_fn, generator, max_batch, keep_images) -> Rollout:
     """One ODE anchor per prompt up to the last branch point; G jumps per branch from the anchor
     state (velocity shared); every (branch, completion) lane completed in one wavefront."""
     g, p = plan.group_size, len(prompts)
+    sigmas = plan.sigma_tensor()
     counter = _Counter()
     embeds = model.encode_prompts(prompts)
-    starts = sorted({b.jump.start for b in plan.branches})
+    jump_at = {j.start: idx for idx, j in enumerate(plan.jumps)}
+    last = max(jump_at)
+    first = plan.first_step_rows(p)
     x = model.initial_noise(p, generator)  # one anchor noise per prompt
     anchor_x, anchor_v = {}, {}
-    for i in range(starts[-1] + 1):
-        v = _velocities(model, x, sigmas[i], embeds, max_batch, counter)
-        if i in starts:
+    for i in range(last + 1):
+        v = _velocities(model, x, sigmas[i], embeds, max_batch, counter, first.get(jump_at.get(i)))
+        if i in jump_at:
             anchor_x[i], anchor_v[i] = x, v
-        if i < starts[-1]:
+        if i < last:
             x = ode_step(x, v, sigmas[i], sigmas[i + 1])
     noise = torch.randn((len(plan.branches), p * g, *x.shape[1:]), generator=generator).to(x.device)
     row_prompt = torch.arange(p).repeat_interleave(g)
     jump_sets, lane_x, schedules = [], [], []
     for b, branch in enumerate(plan.branches):
-        k, s = branch.jump.start, branch.jump.stop
-        xr, vr = anchor_x[k].repeat_interleave(g, 0), anchor_v[k].repeat_interleave(g, 0)
-        out = step_scheduler.sde_jump(xr, vr, sigmas, k, s, noise=noise[b])
+        j = branch.jump
+        xr, vr = anchor_x[j.start].repeat_interleave(g, 0), anchor_v[j.start].repeat_interleave(g, 0)
+        out = j.step(xr, vr, sigmas[j.start], sigmas[j.stop], noise=noise[b])
         jump_sets.append(
-            JumpSet(k, s, anchor_x[k], torch.arange(p), out.prev_sample.view(p, g, *x.shape[1:]), out.log_prob.view(p, g))
+            JumpSet(
+                j.start,
+                j.stop,
+                j.step,
+                anchor_x[j.start],
+                torch.arange(p),
+                out.prev_sample.view(p, g, *x.shape[1:]),
+                out.log_prob.view(p, g),
+            )
         )
         for c in branch.completions:
             lane_x.append(out.prev_sample)
@@ -260,19 +308,20 @@ def _rollout_anchor(model, step_scheduler, plan, prompts, sigmas, score_fn, gene
     return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
 
 
-def jump_log_prob(model, step_scheduler, rollout: Rollout, jump_set: JumpSet, rows: slice):
+def jump_log_prob(model, rollout: Rollout, jump_set: JumpSet, rows: torch.Tensor):
     """Re-evaluate the jumps of start states `rows` under the current policy (the training
-    forward, with grad): one velocity per start state, shared by its K successors.
-    Returns the SDEStepOutput over the rows' M_rows*K successors (log_prob [M_rows*K])."""
-    x = jump_set.x[rows]
+    forward, with grad): one velocity per start state, shared by its K successors, the step
+    replayed with the settings it was sampled with. Returns the SDEStepOutput over the rows'
+    len(rows)*K successors (log_prob [len(rows)*K])."""
+    idx = rows.to(jump_set.x.device)
+    x = jump_set.x[idx]
     k = jump_set.x_next.shape[1]
     sigma = rollout.sigmas[jump_set.start]
     v = model.velocity(x, sigma.expand(x.shape[0]).to(x), rollout.embeds[jump_set.embed_index[rows]])
-    return step_scheduler.sde_jump(
+    return jump_set.step(
         x.repeat_interleave(k, 0),
         v.repeat_interleave(k, 0),
-        rollout.sigmas,
-        jump_set.start,
-        jump_set.stop,
-        prev_sample=jump_set.x_next[rows].flatten(0, 1),
+        sigma,
+        rollout.sigmas[jump_set.stop],
+        prev_sample=jump_set.x_next[idx].flatten(0, 1),
     )

@@ -27,6 +27,9 @@ class SDEStepOutput:
     mean: torch.Tensor  # [B, ...] mean of the Gaussian transition
     std: torch.Tensor  # broadcastable to x: std of the transition (std_dev_t * sqrt(-dt))
     log_prob: torch.Tensor  # [B] log-density of prev_sample, averaged over non-batch dims
+    # broadcastable to x: the SDE's diffusion coefficient before the sqrt(-dt) of the step
+    # (Flow-GRPO's `std_dev_t`; eta for DanceGRPO; std itself for CPS). Flow-GRPO's KL divides by it.
+    std_dev_t: torch.Tensor | None = None
 
 
 def _as_f32(s, x: torch.Tensor) -> torch.Tensor:
@@ -64,21 +67,37 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     return lp.reshape(lp.shape[0], -1).mean(dim=1)
 
 
-def _finish(x, mean, std, noise, prev_sample, generator) -> SDEStepOutput:
+def mse_log_prob(sample: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """-mean((sample - mean)^2) over all non-batch dims -> [B] (fp32): the official CPS log-prob
+    (flow_grpo `sde_step_with_logprob`, sde_type "cps"), which drops the Gaussian's constants and
+    its variance. Only differences of it enter the ratio, so the dropped terms cancel between
+    policies only where the std is the same; the variance factor does not."""
+    d = sample.float() - mean.float()
+    return -(d**2).reshape(d.shape[0], -1).mean(dim=1)
+
+
+LOG_PROBS = ("gaussian", "mse")
+
+
+def _finish(x, mean, std, noise, prev_sample, generator, log_prob: str = "gaussian", std_dev_t=None) -> SDEStepOutput:
     """Draw (or take) x_next ~ N(mean, std^2) and evaluate its log-prob.
 
     The log-prob is evaluated on x_next *as returned* (cast to x's dtype), so replaying the
     returned sample in training gives the same log-prob: the ratio is exactly 1 before the
     first update even for bf16 latents. std == 0 (noise level 0) is a deterministic step:
-    x_next = mean and its log-prob is defined as 0.
+    x_next = mean and its log-prob is defined as 0. `log_prob`: "gaussian" (the density,
+    averaged over dims) or "mse" (the official CPS form, see mse_log_prob).
     """
+    if log_prob not in LOG_PROBS:
+        raise ValueError(f"log_prob must be one of {LOG_PROBS}, got {log_prob!r}")
     std = std.expand_as(mean)
     if prev_sample is None:
         if noise is None:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
         prev_sample = (mean + std * noise.float()).to(x.dtype)
+    lp = gaussian_log_prob(prev_sample, mean, std) if log_prob == "gaussian" else mse_log_prob(prev_sample, mean)
     return SDEStepOutput(
-        prev_sample=prev_sample.to(x.dtype), mean=mean, std=std, log_prob=gaussian_log_prob(prev_sample, mean, std)
+        prev_sample=prev_sample.to(x.dtype), mean=mean, std=std, log_prob=lp, std_dev_t=std if std_dev_t is None else std_dev_t
     )
 
 
@@ -105,6 +124,8 @@ def sde_step(
     generator: torch.Generator | None = None,
     sigma_max=None,
     sde_type: str = "sde",
+    std_dev_t: float | None = None,
+    log_prob: str | None = None,
 ) -> SDEStepOutput:
     """Flow-GRPO stochastic step from sigma to sigma_next with noise level a (`noise_level`).
 
@@ -119,27 +140,37 @@ def sde_step(
     given -> x_next = prev_sample and only its log-prob is evaluated (the training pass).
     `sigma_max`: the sigma used in the std_dev_t denominator where sigma == 1; default
     sigma_next, which is the schedule's sigmas[1] when stepping from sigmas[0] = 1.
+    `std_dev_t` given (sde_type "sde" only): use it as the diffusion coefficient instead of
+    a * sqrt(sigma / (1 - sigma)), in the mean and the std alike (DenseGRPO's calibrated psi(t),
+    its Eq. 11: sigma_t = psi(t)).
+    `log_prob`: "gaussian" (default for "sde") or "mse" (default for "cps": the official CPS
+    log-prob, -mean((x_next - mean)^2); see mse_log_prob).
     With a = 0 both types reduce exactly to the Euler ODE step.
     """
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    if std_dev_t is not None and (sde_type != "sde" or std_dev_t < 0):
+        raise ValueError(f"std_dev_t must be >= 0 and only goes with sde_type 'sde', got {std_dev_t} ({sde_type})")
     xf, vf = x.float(), v.float()
     s, s_next = _as_f32(sigma, x), _as_f32(sigma_next, x)
     _check_decreasing(s, s_next, "sde_step")
     if sde_type == "sde":
         dt = s_next - s  # < 0
         s_safe = s.clamp_min(1e-12)  # sigma = 0 never starts a step; guards 0/0 in the mean
-        std_dev_t = flow_grpo_std_dev_t(s_safe, noise_level, s_next if sigma_max is None else sigma_max)
-        mean = xf * (1 + std_dev_t**2 * dt / (2 * s_safe)) + vf * (1 + std_dev_t**2 * (1 - s) / (2 * s_safe)) * dt
-        std = std_dev_t * torch.sqrt(-dt)
-    elif sde_type == "cps":
+        if std_dev_t is None:
+            coef = flow_grpo_std_dev_t(s_safe, noise_level, s_next if sigma_max is None else sigma_max)
+        else:
+            coef = torch.as_tensor(float(std_dev_t), dtype=torch.float32, device=x.device)
+        mean = xf * (1 + coef**2 * dt / (2 * s_safe)) + vf * (1 + coef**2 * (1 - s) / (2 * s_safe)) * dt
+        std = coef * torch.sqrt(-dt)
+        return _finish(x, mean, std, noise, prev_sample, generator, log_prob or "gaussian", std_dev_t=coef)
+    if sde_type == "cps":
         std = s_next * math.sin(noise_level * math.pi / 2)
         x0_hat = xf - s * vf
         x1_hat = xf + (1 - s) * vf
         mean = x0_hat * (1 - s_next) + x1_hat * torch.sqrt((s_next**2 - std**2).clamp_min(0))
-    else:
-        raise ValueError(f"sde_type must be 'sde' or 'cps', got {sde_type!r}")
-    return _finish(x, mean, std, noise, prev_sample, generator)
+        return _finish(x, mean, std, noise, prev_sample, generator, log_prob or "mse")
+    raise ValueError(f"sde_type must be 'sde' or 'cps', got {sde_type!r}")
 
 
 def dance_sde_step(
@@ -169,4 +200,4 @@ def dance_sde_step(
     score = -(xf - (1 - s) * x0) / s.clamp_min(1e-12) ** 2
     mean = mean - 0.5 * eta**2 * score * dt
     std = eta * torch.sqrt(-dt)
-    return _finish(x, mean, std, noise, prev_sample, generator)
+    return _finish(x, mean, std, noise, prev_sample, generator, std_dev_t=torch.as_tensor(float(eta)))

@@ -1,25 +1,101 @@
 """The step-scheduler interface: where a GRPO variant puts its stochasticity, how it groups
-samples, which steps it trains. Everything else (model, rollout engine, loss, trainer) is shared.
+samples, which steps it trains and where its optimizer steps fall. Everything else (model,
+rollout engine, loss, trainer) is shared.
 
-A step scheduler turns the noise schedule into a StepPlan and rewards into advantages. Sigma
-indices run 0..T (sigmas[0] = 1 is noise, sigmas[T] = 0 the image); a Jump start -> stop is one
-model evaluation (NFE) that moves x from sigmas[start] to sigmas[stop].
+One contract crosses each border, once per iteration:
 
-Layouts (P prompts, G samples per group, J = len(plan.jumps)):
+    plan = step_scheduler.plan(iteration, generator)   # frozen: all the engine and the update see
+    ro   = rollout(model, plan, prompts, score_fn, ...) # sampling/rollout.py
+    adv  = step_scheduler.advantages(scores, plan, prompts)  # one [M_j, K_j] tensor per jump
+    policy_update(model, plan, ro, adv, ...)            # sampling/update.py: the trained-jump loop
+
+Sigma indices run 0..T (sigmas[0] = 1 is noise, sigmas[T] = 0 the image); a Jump start -> stop is
+one model evaluation (NFE) that moves x from sigmas[start] to sigmas[stop] stochastically, with
+the StepSettings it carries. Deterministic steps are Euler ODE steps.
+
+Layouts (P prompts, G samples per group, J = len(plan.jumps)), prompt-major throughout:
   rewards the engine hands back: [P, G, *plan.score_shape]
-    "sde" trajectories: [P, G] (final image), or [P, G, T+1] with intermediate completions
+    "sde" trajectories: [P, G] (the scored final image), or [P, G, T+1] with intermediate completions
     "anchor" trajectories: [P, G, B, C] (branch, completion schedule)
-  advantages: [P, G, J], one per (sample, stochastic jump)
+  the engine's jump sets: jump j has M_j start states with K_j successors each:
+    "sde": M = P*G (sample p*G+g), K = 1;  "anchor": M = P (the prompt's anchor state), K = G
+  advantages: one tensor per jump, [M_j, K_j] (the jump set's own layout)
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
 
-from flowrl.sampling.steps import SDEStepOutput, dance_sde_step, sde_step
+from flowrl.sampling.steps import LOG_PROBS, SDEStepOutput, dance_sde_step, ode_step, sde_step
+
+STEP_KINDS = ("ode", "dance", "sde", "cps")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How one transition is taken and how its log-prob is evaluated: everything the engine and
+    the policy update need to know about it, so neither calls back into the step scheduler.
+
+    kind: "ode" (Euler), "dance" (DanceGRPO step, eta = noise_level), "sde" (Flow-GRPO SDE,
+    a = noise_level), "cps" (coefficients-preserving sampling, a = noise_level).
+    std_dev_t: "sde" only, the diffusion coefficient itself instead of a*sqrt(sigma/(1-sigma))
+    (DenseGRPO's psi(t)). sigma_max: the sigma in std_dev_t's denominator where sigma = 1 (the
+    schedule's sigmas[1], as flow_grpo). log_prob: "gaussian" | "mse" (official CPS form)."""
+
+    kind: str = "sde"
+    noise_level: float = 0.0
+    std_dev_t: float | None = None
+    sigma_max: float | None = None
+    log_prob: str = "gaussian"
+
+    def __post_init__(self):
+        if self.kind not in STEP_KINDS:
+            raise ValueError(f"step kind must be one of {STEP_KINDS}, got {self.kind!r}")
+        if self.noise_level < 0 or (self.std_dev_t is not None and self.std_dev_t < 0):
+            raise ValueError(f"noise level must be >= 0, got {self.noise_level} (std_dev_t {self.std_dev_t})")
+        if self.std_dev_t is not None and self.kind != "sde":
+            raise ValueError(f"std_dev_t goes with kind 'sde' only, got kind {self.kind!r}")
+        if self.log_prob not in LOG_PROBS:
+            raise ValueError(f"log_prob must be one of {LOG_PROBS}, got {self.log_prob!r}")
+
+    def __call__(self, x, v, sigma, sigma_next, noise=None, prev_sample=None, generator=None) -> SDEStepOutput:
+        """One transition sigma -> sigma_next from x with velocity v(x, sigma); fp32 math."""
+        if self.kind == "ode":
+            x_next = ode_step(x, v, sigma, sigma_next)
+            zero = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+            mean = x_next.float()
+            return SDEStepOutput(x_next, mean, torch.zeros((), device=x.device), zero, torch.zeros((), device=x.device))
+        if self.kind == "dance":
+            return dance_sde_step(
+                x, v, sigma, sigma_next, eta=self.noise_level, noise=noise, prev_sample=prev_sample, generator=generator
+            )
+        return sde_step(
+            x,
+            v,
+            sigma,
+            sigma_next,
+            noise_level=self.noise_level,
+            noise=noise,
+            prev_sample=prev_sample,
+            generator=generator,
+            sigma_max=self.sigma_max,
+            sde_type=self.kind,
+            std_dev_t=self.std_dev_t,
+            log_prob=self.log_prob,
+        )
+
+    def to_dict(self) -> dict:
+        out = {"sde": self.kind, "noise_level": self.noise_level}
+        if self.std_dev_t is not None:
+            out["std_dev_t"] = self.std_dev_t
+        return out
+
+
+ODE = StepSettings("ode")
 
 
 @dataclass(frozen=True)
@@ -28,50 +104,166 @@ class Jump:
 
     start: int
     stop: int
+    step: StepSettings = field(default_factory=StepSettings)
 
-    def to_dict(self) -> dict[str, int]:
-        return {"start": self.start, "stop": self.stop}
+    def to_dict(self) -> dict:
+        return {"start": self.start, "stop": self.stop, **self.step.to_dict()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Branch:
     """G samples leave the anchor state x_start with one SDE jump, then follow each deterministic
-    completion (a list of sigma indices from jump.stop to the end) to a scored image."""
+    completion (sigma indices, rising to T) to a scored image. A completion normally starts where
+    the jump lands (completion[0] == jump.stop); the latent is treated as being at
+    sigmas[completion[0]] (E-GRPO's official sampler restarts at jump.start + 1: see entropy_merge)."""
 
     jump: Jump
-    completions: list[list[int]]
+    completions: tuple[tuple[int, ...], ...]
 
 
-@dataclass
+@dataclass(frozen=True)
+class TermBlock:
+    """The start states `rows` of jump `jump` whose transitions one optimizer step trains."""
+
+    jump: int  # index into plan.jumps
+    rows: torch.Tensor  # [R] long, sorted: start-state rows of the jump set (see the module docstring)
+
+
+OptimizerStep = tuple[TermBlock, ...]
+
+STEP_EVERY = ("jump", "samples", "rollout")
+
+
+@dataclass(frozen=True)
+class UpdateSchedule:
+    """Which jumps are trained this iteration and how their gradients are grouped into optimizer
+    steps. Every optimizer step's loss is the mean over its terms (one term per trained
+    (sample, jump)); the official scripts' normalisations all reduce to this.
+
+    trained: plan.jumps indices trained for every sample, or None with per_sample = (k, pool):
+      each sample trains k jumps drawn at random from jumps[:pool] (DanceGRPO).
+    step_every:
+      "jump": one optimizer step per trained jump, over all its samples (E-GRPO, G²RPO);
+      "samples": a step every `samples_per_step` samples, in sample order (DanceGRPO's and
+        MixGRPO's gradient_accumulation_steps, per rank); a remainder makes a last, smaller step
+        (the official scripts let its gradient be zeroed at the next iteration);
+      "rollout": `steps_per_rollout` steps, each over an equal share of the (optionally
+        shuffled) samples and every trained jump (Flow-GRPO: 2; DenseGRPO: 1).
+    seed: the random draws (per-sample jumps, the shuffle), frozen when the plan is built."""
+
+    trained: tuple[int, ...] | None = None
+    per_sample: tuple[int, int] | None = None
+    step_every: str = "rollout"
+    samples_per_step: int | None = None
+    steps_per_rollout: int = 1
+    shuffle: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.trained is None) == (self.per_sample is None):
+            raise ValueError("an update schedule needs exactly one of `trained` and `per_sample`")
+        if self.step_every not in STEP_EVERY:
+            raise ValueError(f"step_every must be one of {STEP_EVERY}, got {self.step_every!r}")
+        if self.step_every == "samples" and (self.samples_per_step is None or self.samples_per_step < 1):
+            raise ValueError(f"step_every 'samples' needs samples_per_step >= 1, got {self.samples_per_step}")
+        if self.steps_per_rollout < 1:
+            raise ValueError(f"steps_per_rollout must be >= 1, got {self.steps_per_rollout}")
+        if self.per_sample is not None and not 1 <= self.per_sample[0] <= self.per_sample[1]:
+            raise ValueError(f"per_sample (k, pool) needs 1 <= k <= pool, got {self.per_sample}")
+
+    @property
+    def trained_per_sample(self) -> int:
+        return len(self.trained) if self.trained is not None else self.per_sample[0]
+
+    def to_dict(self) -> dict:
+        out = {"step_every": self.step_every}
+        if self.step_every == "samples":
+            out["samples_per_step"] = self.samples_per_step
+        if self.step_every == "rollout":
+            out |= {"steps_per_rollout": self.steps_per_rollout, "shuffle": self.shuffle}
+        return out
+
+
+@dataclass(frozen=True)
 class StepPlan:
-    """What to roll out for one prompt, and what it costs. Crosses scheduler -> engine -> module."""
+    """What to roll out for one prompt this iteration, which transitions to train and where the
+    optimizer steps fall. Built once per iteration by the step scheduler, then read only."""
 
     method: str
-    num_steps: int  # T
+    sigmas: tuple[float, ...]  # [T+1] the noise schedule, 1 -> 0
     group_size: int  # G
-    trajectory: str  # "sde": G full stochastic trajectories | "anchor": ODE anchor + branches
-    jumps: list[Jump]  # the stochastic jumps of one generation
-    trained_per_generation: int  # how many of them get a policy-gradient term per iteration
+    trajectory: str  # "sde": G stochastic trajectories per prompt | "anchor": ODE anchor + branches
+    jumps: tuple[Jump, ...]  # the stochastic jumps of one generation
+    update: UpdateSchedule
     same_initial_noise: bool  # the G samples of a group start from the same x_1
-    branches: list[Branch] = field(default_factory=list)  # "anchor" only
+    branches: tuple[Branch, ...] = ()  # "anchor" only
     # "sde" only: for sigma index i (0..T-1), the ODE schedule that completes x_i to an image
     # (DenseGRPO's intermediate rewards); empty = only the final image is scored.
-    intermediate_completions: list[list[int]] = field(default_factory=list)
+    intermediate_completions: tuple[tuple[int, ...], ...] = ()
+    # "sde" only: the scored final image is the last latent ("final") or the x0 prediction of
+    # the last step, x_{T-1} - sigma_{T-1} * v ("last_x0", DanceGRPO).
+    score: str = "final"
     note: str = ""  # how trained steps are chosen, in words
 
     def __post_init__(self):
+        t = self.num_steps
         if self.trajectory not in ("sde", "anchor"):
             raise ValueError(f"trajectory must be 'sde' or 'anchor', got {self.trajectory!r}")
-        if self.trajectory == "anchor":
-            if not self.branches or len({len(b.completions) for b in self.branches}) != 1:
-                raise ValueError("an anchor plan needs branches, each with the same number of completions")
-            for b in self.branches:
+        if self.score not in ("final", "last_x0"):
+            raise ValueError(f"score must be 'final' or 'last_x0', got {self.score!r}")
+        if not self.jumps:
+            raise ValueError("a plan needs at least one stochastic jump")
+        if self.trajectory == "sde":
+            starts = [j.start for j in self.jumps]
+            if any(j.stop != j.start + 1 for j in self.jumps) or starts != sorted(set(starts)) or starts[-1] >= t:
+                raise ValueError(f"sde trajectories take single-step jumps in order within 0..{t}, got {self.jumps}")
+        else:
+            if self.intermediate_completions or self.score != "final":
+                raise ValueError("anchor plans score their completions; no intermediate completions or last_x0")
+            if len(self.branches) != len(self.jumps) or len({len(b.completions) for b in self.branches}) != 1:
+                raise ValueError("an anchor plan needs one branch per jump, each with the same number of completions")
+            for b, j in zip(self.branches, self.jumps):
+                if b.jump != j:
+                    raise ValueError(f"branch jump {b.jump} is not plan jump {j}")
                 for c in b.completions:
-                    if c[0] != b.jump.stop or c[-1] != self.num_steps or sorted(set(c)) != c:
-                        raise ValueError(f"completion {c} of jump {b.jump} must rise from {b.jump.stop} to {self.num_steps}")
+                    if not (j.start < c[0] <= t and c[-1] == t and list(c) == sorted(set(c))):
+                        raise ValueError(f"completion {c} of jump {j} must rise from after {j.start} to {t}")
         for i, c in enumerate(self.intermediate_completions):
-            if c[0] != i or c[-1] != self.num_steps:
-                raise ValueError(f"intermediate completion {c} must run from {i} to {self.num_steps}")
+            if c[0] != i or c[-1] != t:
+                raise ValueError(f"intermediate completion {c} must run from {i} to {t}")
+        trained = self.update.trained if self.update.trained is not None else range(self.update.per_sample[1])
+        if any(not 0 <= j < len(self.jumps) for j in trained):
+            raise ValueError(f"trained jumps {list(trained)} must index the plan's {len(self.jumps)} jumps")
+        if self.trajectory == "anchor" and (self.update.per_sample is not None or self.update.step_every == "samples"):
+            raise ValueError("anchor plans train whole branches: no per-sample jumps, no step_every 'samples'")
+
+    # ---- the schedule ---------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def sigma_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.sigmas, dtype=torch.float32)
+
+    def step_at(self, i: int) -> StepSettings:
+        """ "sde" trajectories: how step i -> i+1 is taken (its jump's settings, else ODE)."""
+        for j in self.jumps:
+            if j.start == i:
+                return j.step
+        return ODE
+
+    def jump_layout(self, j: int, num_prompts: int) -> tuple[int, int]:
+        """(M, K) of jump j's jump set: start states and successors per start state."""
+        if self.trajectory == "sde":
+            return num_prompts * self.group_size, 1
+        return num_prompts, self.group_size
+
+    def per_jump(self, adv: torch.Tensor) -> list[torch.Tensor]:
+        """Advantages [P, G, J] -> one [M_j, K_j] tensor per jump, the jump sets' layout."""
+        p, g, n = adv.shape
+        if g != self.group_size or n != len(self.jumps):
+            raise ValueError(f"advantages must be [P, {self.group_size}, {len(self.jumps)}], got {tuple(adv.shape)}")
+        return [adv[:, :, j].reshape(self.jump_layout(j, p)) for j in range(n)]
 
     @property
     def score_shape(self) -> tuple[int, ...]:
@@ -82,6 +274,60 @@ class StepPlan:
             return (self.num_steps + 1,)
         return ()
 
+    # ---- the update ---------------------------------------------------------------------------
+    def trained_mask(self, num_prompts: int) -> torch.Tensor:
+        """[M, J] bool: which (start state, jump) transitions are trained this iteration."""
+        m = num_prompts * self.group_size if self.trajectory == "sde" else num_prompts
+        mask = torch.zeros(m, len(self.jumps), dtype=torch.bool)
+        u = self.update
+        if u.trained is not None:
+            mask[:, list(u.trained)] = True
+            return mask
+        k, pool = u.per_sample
+        g = torch.Generator().manual_seed(u.seed)
+        for row in range(m):  # each sample its own draw (DanceGRPO: a randperm per sample)
+            mask[row, torch.randperm(pool, generator=g)[:k]] = True
+        return mask
+
+    def optimizer_steps(self, num_prompts: int) -> list[OptimizerStep]:
+        """The update of this iteration for P prompts: the optimizer steps in order, each the
+        trained (start state, jump) blocks whose gradients it accumulates. Deterministic given the
+        plan (its draws are seeded), so the engine and the update derive the same steps."""
+        mask = self.trained_mask(num_prompts)
+        m = mask.shape[0]
+        u = self.update
+        jumps_in_order = list(u.trained) if u.trained is not None else list(range(len(self.jumps)))
+        if u.step_every == "jump":
+            steps = [(TermBlock(j, torch.nonzero(mask[:, j]).squeeze(1)),) for j in jumps_in_order]
+            return [s for s in steps if s[0].rows.numel()]
+        order = torch.arange(m)
+        if u.shuffle:
+            order = torch.randperm(m, generator=torch.Generator().manual_seed(u.seed + 1))
+        if u.step_every == "samples":
+            # where samples_per_step does not divide the samples, the last step takes the rest
+            # (the official scripts zero those gradients at the next iteration: unintended waste)
+            parts = order.split(u.samples_per_step)
+        else:
+            if u.steps_per_rollout > m:
+                raise ValueError(f"{self.method}: steps_per_rollout {u.steps_per_rollout} > {m} start states")
+            parts = order.tensor_split(u.steps_per_rollout)
+        steps = []
+        for part in parts:
+            rows = part.sort().values
+            blocks = tuple(TermBlock(j, rows[mask[rows, j]]) for j in jumps_in_order if mask[rows, j].any())
+            if blocks:
+                steps.append(blocks)
+        return steps
+
+    def first_step_rows(self, num_prompts: int) -> dict[int, torch.Tensor]:
+        """{jump: rows} trained by the first optimizer step. The engine evaluates these rows of a
+        jump as their own forward chunks, the update evaluates them with the same chunks: the
+        training forward then sees exactly the rollout's batches and the ratio is 1 bit for bit
+        before the first update (row results depend on batch composition; measured on CPU)."""
+        steps = self.optimizer_steps(num_prompts)
+        return {b.jump: b.rows for b in steps[0]} if steps else {}
+
+    # ---- cost ----------------------------------------------------------------------------------
     def nfe_per_generation(self) -> int:
         """Model evaluations behind one of the G samples, as the papers count them (anchor
         steps, shared by the group, not counted; a branch's jump counts 1)."""
@@ -94,7 +340,7 @@ class StepPlan:
         return max((b.jump.start for b in self.branches), default=0)
 
     def budget(self) -> dict[str, int]:
-        """Per-prompt cost: NFE, reward-model queries, backward passes (= trained steps)."""
+        """Per-prompt cost: NFE, reward-model queries, backward passes (= trained transitions)."""
         g = self.group_size
         if self.trajectory == "sde":
             rewards = g * (1 + len(self.intermediate_completions))
@@ -104,22 +350,33 @@ class StepPlan:
             "nfe_per_generation": self.nfe_per_generation(),
             "nfe_per_prompt": self.anchor_nfe() + g * self.nfe_per_generation(),
             "reward_queries_per_prompt": rewards,
-            "trained_steps_per_prompt": g * self.trained_per_generation,
+            "trained_steps_per_prompt": g * self.update.trained_per_sample,
         }
 
-    def to_json(self) -> dict:
+    def trained_step_indices(self) -> list[int] | None:
+        """Sigma indices where the trained jumps start, or None when drawn per sample."""
+        if self.update.trained is None:
+            return None
+        return [self.jumps[j].start for j in self.update.trained]
+
+    def to_json(self, num_prompts: int = 1) -> dict:
         return {
             "method": self.method,
             "num_steps": self.num_steps,
             "group_size": self.group_size,
             "trajectory": self.trajectory,
             "same_initial_noise": self.same_initial_noise,
+            "score": self.score,
             "branches": [j.to_dict() for j in self.jumps],
             "jump_lengths": [j.stop - j.start for j in self.jumps],
-            "completions": [b.completions for b in self.branches],
-            "intermediate_completions": self.intermediate_completions,
-            "trained_per_generation": self.trained_per_generation,
+            "completions": [[list(c) for c in b.completions] for b in self.branches],
+            "intermediate_completions": [list(c) for c in self.intermediate_completions],
+            "trained_per_generation": self.update.trained_per_sample,
+            "trained_step_indices": self.trained_step_indices(),
             "trained_steps": self.note,
+            "update": self.update.to_dict(),
+            "prompts_per_iteration": num_prompts,
+            "optimizer_steps_per_iteration": len(self.optimizer_steps(num_prompts)),
             **self.budget(),
         }
 
@@ -138,140 +395,180 @@ class RewardScores:
         return cls({name: scores}, scores, {name: 1.0})
 
 
-def anchor_plan(method: str, num_steps: int, group_size: int, branches: list[Branch], note: str) -> StepPlan:
-    """A plan on one ODE anchor trajectory: G samples leave it at each branch, every branch's jump
-    is trained, one group per (prompt, branch)."""
-    return StepPlan(
-        method=method,
-        num_steps=num_steps,
-        group_size=group_size,
-        trajectory="anchor",
-        jumps=[b.jump for b in branches],
-        trained_per_generation=len(branches),
-        same_initial_noise=True,
-        branches=branches,
-        note=note,
-    )
+def strided_completion(start: int, num_steps: int, granularity: int) -> tuple[int, ...]:
+    """Sigma indices from `start` to T: one fine step start -> start+1, then a stride of g
+    (G²RPO's sigmas[:e+2] ++ sigmas[e+2::g] with start = e+1; E-GRPO's official
+    sigmas[:k+l+1] ++ sigmas[k+l+1::g]). Where the strided tail misses sigma = 0 its last point
+    is replaced by T. Both official samplers do the same in effect: they decode the x0
+    prediction of the last point they evaluate, which is the Euler step from it to sigma 0."""
+    tail = list(range(start + 1, num_steps + 1, granularity))
+    if tail:
+        tail[-1] = num_steps
+    return tuple(dict.fromkeys([start, *tail]))
 
 
-def group_normalize(rewards: torch.Tensor, eps: float = 1e-8, dim: int = -1) -> torch.Tensor:
-    """(r - mean_G) / (std_G + eps) over `dim` (the group). Population std (unbiased=False)
-    as DanceGRPO; a group of identical rewards gets advantage 0, not NaN."""
+def group_normalize(rewards: torch.Tensor, dim: int = -1, unbiased: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(r - mean) / (std + eps) over `dim` (the group). Unbiased std + 1e-8 is torch's default as
+    DanceGRPO, E-GRPO, G²RPO and MixGRPO use it (rewards [1, 2, 3, 6] -> [-0.92582, -0.46291, 0,
+    1.38873]); Flow-GRPO's stat tracker uses the population std + 1e-4 (`unbiased=False`). A
+    group of identical rewards gets advantage 0, not NaN."""
     r = rewards.float()
-    return (r - r.mean(dim, keepdim=True)) / (r.std(dim, unbiased=False, keepdim=True) + eps)
+    return (r - r.mean(dim, keepdim=True)) / (r.std(dim, unbiased=unbiased, keepdim=True) + eps)
 
 
-def branch_group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+def branch_group_advantages(rewards: torch.Tensor, unbiased: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Anchor plans: rewards [P, G, B, C] -> advantages [P, G, B]. The G samples that left the
     same anchor state with the same jump form a group (E-GRPO's multi-step group-normalised
     advantage, per (prompt, branch)); each completion schedule c is normalised on its own and
-    the C results are summed (G²RPO's Multi-Granularity Advantage Integration; C = 1 for E-GRPO)."""
+    the C results are summed (G²RPO's Multi-Granularity Advantage Integration, which E-GRPO's
+    official config uses too)."""
     if rewards.ndim != 4:
         raise ValueError(f"branch advantages take rewards [P, G, B, C], got shape {tuple(rewards.shape)}")
-    return group_normalize(rewards, dim=1).sum(-1)
+    return group_normalize(rewards, dim=1, unbiased=unbiased, eps=eps).sum(-1)
 
 
-def make_sde_step(kind: str, noise_level: float):
-    """The stochastic step a method uses: 'dance' (DanceGRPO, eta), 'sde' / 'cps' (Flow-GRPO, a)."""
-    if kind not in ("dance", "sde", "cps"):
-        raise ValueError(f"sde must be 'dance', 'sde' or 'cps', got {kind!r}")
-
-    def step(x, v, sigma, sigma_next, noise=None, prev_sample=None, generator=None, sigma_max=None) -> SDEStepOutput:
-        if kind == "dance":
-            return dance_sde_step(
-                x, v, sigma, sigma_next, eta=noise_level, noise=noise, prev_sample=prev_sample, generator=generator
-            )
-        return sde_step(
-            x,
-            v,
-            sigma,
-            sigma_next,
-            noise_level=noise_level,
-            noise=noise,
-            prev_sample=prev_sample,
-            generator=generator,
-            sigma_max=sigma_max,
-            sde_type=kind,
-        )
-
-    return step
+MULTI_REWARD = ("combined", "sum_advantages", "weighted_sum_advantages")
 
 
 class StepScheduler(ABC):
-    """A GRPO variant's plan of SDE/ODE steps, branches, groups and trained steps.
+    """A GRPO variant's plan of SDE/ODE steps, branches, groups, trained steps and optimizer steps.
 
-    Subclasses implement `plan()` and `normalize()`; the rest has generic defaults:
-    every jump trained, a constant noise level, the combined reward normalised (or, with
-    `multi_reward: sum_advantages`, each reward part normalised and the weighted advantages summed).
+    Subclasses implement `plan()` and `normalize()`. The generic parts: the noise schedule, the
+    group statistics (std estimator and eps), clamping, and multiple rewards: "combined"
+    normalises the reward model's combined score (reward=multi: its weighted sum), "sum_advantages"
+    normalises each part and adds the advantages unweighted (G²RPO's hps_clip script),
+    "weighted_sum_advantages" adds them with the reward weights (MixGRPO).
+
+    Class attributes a subclass declares (read by run names and the benchmark, so that no list of
+    method names exists elsewhere):
+      run_name_knobs: {method config key: formatter(value, method config) -> str | None}, the
+        parts of a run's name beyond the shared ones;
+      small_overrides: Hydra overrides that shrink the method to seconds with its structure kept.
     """
 
     name: str = "step_scheduler"
+    run_name_knobs: dict = {}
+    small_overrides: tuple[str, ...] = ("method.num_steps=4", "method.group_size=2")
 
     def __init__(
         self,
         num_steps: int,
         group_size: int,
-        noise_level: float,
-        sde: str = "sde",
+        shift: float = 3.0,
         adv_clip: float = 5.0,
         multi_reward: str = "combined",
+        std_unbiased: bool = True,
+        std_eps: float = 1e-8,
+        method: str | None = None,
     ):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 (a group-relative advantage needs a group), got {group_size}")
-        if multi_reward not in ("combined", "sum_advantages"):
-            raise ValueError(f"multi_reward must be 'combined' or 'sum_advantages', got {multi_reward!r}")
+        if multi_reward not in MULTI_REWARD:
+            raise ValueError(f"multi_reward must be one of {MULTI_REWARD}, got {multi_reward!r}")
+        if adv_clip <= 0 or std_eps < 0:
+            raise ValueError(f"adv_clip must be > 0 and std_eps >= 0, got {adv_clip}, {std_eps}")
+        from flowrl.sampling.sigmas import flow_sigmas
+
         self.num_steps = int(num_steps)
         self.group_size = int(group_size)
-        self.noise_level = float(noise_level)
-        self.sde = sde
+        self.shift = float(shift)
+        self.sigmas = tuple(flow_sigmas(self.num_steps, self.shift).tolist())
         self.adv_clip = float(adv_clip)
         self.multi_reward = multi_reward
-        self.sde_step = make_sde_step(sde, self.noise_level)
+        self.std_unbiased = bool(std_unbiased)
+        self.std_eps = float(std_eps)
+        self.method = method or self.name
 
     @abstractmethod
-    def plan(self) -> StepPlan:
-        """The rollout plan for one prompt."""
+    def plan(self, iteration: int = 0, generator: torch.Generator | None = None) -> StepPlan:
+        """The frozen plan of iteration `iteration`; random choices draw from `generator`."""
 
     @abstractmethod
-    def normalize(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+    def normalize(self, rewards: torch.Tensor, plan: StepPlan, prompts: list[str] | None = None) -> torch.Tensor:
         """One reward [P, G, *plan.score_shape] -> unclamped advantages [P, G, J]."""
 
-    def advantages(self, rewards: torch.Tensor | RewardScores, prompts: list[str] | None = None) -> torch.Tensor:
-        """Rewards of one rollout -> advantages [P, G, J], clamped to +-adv_clip."""
+    def advantages(self, rewards: torch.Tensor | RewardScores, plan: StepPlan, prompts: list[str] | None = None):
+        """Rewards of one rollout -> advantages clamped to +-adv_clip, one [M_j, K_j] tensor per
+        plan jump (the engine's jump-set layout)."""
         if isinstance(rewards, RewardScores):
-            if self.multi_reward == "sum_advantages":
-                adv = sum(w * self.normalize(rewards.parts[k], prompts) for k, w in rewards.weights.items())
+            if self.multi_reward == "combined":
+                adv = self.normalize(rewards.total, plan, prompts)
             else:
-                adv = self.normalize(rewards.total, prompts)
+                weighted = self.multi_reward == "weighted_sum_advantages"
+                adv = sum(
+                    (rewards.weights[k] if weighted else 1.0) * self.normalize(part, plan, prompts)
+                    for k, part in rewards.parts.items()
+                )
         else:
-            adv = self.normalize(rewards, prompts)
-        return adv.clamp(-self.adv_clip, self.adv_clip)
+            adv = self.normalize(rewards, plan, prompts)
+        return plan.per_jump(adv.clamp(-self.adv_clip, self.adv_clip))
 
-    def noise_level_at(self, start: int) -> float:
-        """Noise level (a or eta) of a jump leaving sigma index `start`; constant by default."""
-        return self.noise_level
+    def group_normalize(self, rewards: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        return group_normalize(rewards, dim=dim, unbiased=self.std_unbiased, eps=self.std_eps)
 
-    def sde_jump(self, x, v, sigmas: torch.Tensor, start: int, stop: int, noise=None, prev_sample=None) -> SDEStepOutput:
-        """The stochastic jump sigmas[start] -> sigmas[stop] from x with velocity v(x, sigmas[start]).
-        Where sigmas[start] = 1 the Flow-GRPO std uses the schedule's sigmas[1], as flow_grpo does."""
-        step = make_sde_step(self.sde, self.noise_level_at(start))
-        return step(x, v, sigmas[start], sigmas[stop], noise=noise, prev_sample=prev_sample, sigma_max=sigmas[1])
-
-    def trained_jumps(self, generator: torch.Generator | None = None) -> list[int]:
-        """Indices into plan().jumps that get a policy-gradient term this iteration: all of them."""
-        return list(range(len(self.plan().jumps)))
+    def seed_from(self, generator: torch.Generator | None) -> int:
+        """A seed for the plan's frozen draws, taken from the run's generator (or 0)."""
+        if generator is None:
+            return 0
+        return int(torch.randint(0, 2**62, (1,), generator=generator))
 
     def calibrate(self, rollout_fn, prompts: list[str]) -> dict | None:
-        """Optional pre-training phase (DenseGRPO's exploration calibration). `rollout_fn(prompts)`
-        runs one rollout under the current plan and returns (Rollout, RewardScores). Returns a
+        """Optional pre-training phase (DenseGRPO's exploration calibration). `rollout_fn(prompts,
+        plan)` runs one rollout of `plan` and returns (Rollout, RewardScores). Returns a
         json-able record of what changed, or None when the method has nothing to calibrate."""
         return None
 
+    def state_dict(self) -> dict:
+        """What the plan of later iterations depends on beyond the config (resume)."""
+        return {}
 
-def check_rewards(rewards: torch.Tensor, plan: StepPlan, method: str) -> None:
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, got {sorted(state)}")
+
+    @classmethod
+    def run_name_parts(cls, method_cfg) -> list[str]:
+        """The run-name parts of this scheduler's own knobs, read from the method config: each
+        formatter gets (value, method config) and returns a string, or None to leave it out."""
+        parts = []
+        for key, fmt in cls.run_name_knobs.items():
+            value = method_cfg.get(key)
+            part = None if value is None else fmt(value, method_cfg)
+            if part is not None:
+                parts.append(part)
+        return parts
+
+
+def check_rewards(rewards: torch.Tensor, plan: StepPlan) -> None:
     want = len(plan.score_shape) + 2
     if rewards.ndim != want or rewards.shape[1] != plan.group_size or tuple(rewards.shape[2:]) != plan.score_shape:
         shape = ", ".join(["P", str(plan.group_size), *map(str, plan.score_shape)])
-        raise ValueError(f"{method} advantages take rewards [{shape}], got shape {tuple(rewards.shape)}")
+        raise ValueError(f"{plan.method} advantages take rewards [{shape}], got shape {tuple(rewards.shape)}")
+
+
+def flow_grpo_std_dev_t(sigmas: tuple[float, ...], i: int, noise_level: float) -> float:
+    """Flow-GRPO's std_dev_t at sigma index i (a * sqrt(sigma / (1 - sigma)); at sigma = 1 the
+    denominator uses sigmas[1]), as a float: DenseGRPO's initial psi(t)."""
+    s = sigmas[i]
+    denom = 1 - (sigmas[1] if s >= 1 else s)
+    return noise_level * math.sqrt(s / denom)
+
+
+__all__ = [
+    "Branch",
+    "Jump",
+    "ODE",
+    "OptimizerStep",
+    "RewardScores",
+    "StepPlan",
+    "StepScheduler",
+    "StepSettings",
+    "TermBlock",
+    "UpdateSchedule",
+    "branch_group_advantages",
+    "check_rewards",
+    "group_normalize",
+    "strided_completion",
+]

@@ -8,6 +8,22 @@ Entropy of one Flow-GRPO SDE jump sigma -> sigma' (Gaussian, d dims, std_dev_t a
 The threshold tau is compared with the per-dimension scale exp(h/d) = sqrt(2*pi*e * std^2) of
 the jump, which is what reproduces the paper's merge lengths (T 16, shift 3, a 0.7; checked in
 tests/test_methods.py): tau 1.8 -> [1,1,1,2,2,2,2,3], 2.0 -> [1,1,1,2,2,2,3,3], 2.6 -> [1,1,2,3,3,4,4,4].
+
+The paper gives tau, the merge rule, the first 8 of 16 steps, G, lr and the advantage; the
+official code (shengjun-zhang/VisualGRPO) has no entropy computation (its branch steps and merge
+lengths are fixed lists) but settles what the paper leaves open, and where they differ the
+default is the code's, the paper's a switch:
+- granularities [1, 2] (`fastvideo/config/config.yaml`, summed as G²RPO's MGAI,
+  `fastvideo/workers/rollout_buffer.py`); [1] is the paper's Eq. 12 alone.
+- update: one optimizer step per branch point, loss = mean over its samples
+  (`fastvideo/trainer/grpo_trainer.py`); `step_every: rollout` is the paper's Algorithm 1, one
+  update over all active steps (its objective averages over them).
+- unbiased std + 1e-8 (rollout_buffer.py).
+- completion_start: "landing" (flowrl's default, a deliberate correction) completes from where
+  the merged jump lands, k+l. The official sampler (`fastvideo/workers/sampler/flux_sampler.py`,
+  `_run_ode_sample`) restarts its ODE loop at k+1 on a latent already at sigma_{k+l}, re-running
+  sigma_{k+1}..sigma_{k+l}; no released config triggers it (all merge lengths are 1), so it is an
+  unintended quirk. "next" reproduces it.
 """
 
 from __future__ import annotations
@@ -21,10 +37,12 @@ from flowrl.step_schedulers.base import (
     Jump,
     StepPlan,
     StepScheduler,
-    anchor_plan,
+    StepSettings,
     branch_group_advantages,
     check_rewards,
+    strided_completion,
 )
+from flowrl.step_schedulers.uniform import update_schedule
 
 
 def jump_entropy(sigma: float, sigma_next: float, noise_level: float, sigma_max: float) -> float:
@@ -62,6 +80,12 @@ def merge_lengths(
 
 class EntropyMergeStepScheduler(StepScheduler):
     name = "entropy_merge"
+    run_name_knobs = {
+        "tau": lambda v, m: f"tau{v:g}",
+        "merge": lambda v, m: f"fixed{m.get('merge_length')}" if v == "fixed" else None,
+        "granularities": lambda v, m: "L" + ",".join(str(g) for g in v),
+    }
+    small_overrides = ("method.num_steps=4", "method.group_size=2", "method.num_branch_steps=2")
 
     def __init__(
         self,
@@ -73,12 +97,17 @@ class EntropyMergeStepScheduler(StepScheduler):
         num_branch_steps: int = 8,
         merge: str = "adaptive",
         merge_length: int = 2,
+        granularities: tuple[int, ...] = (1, 2),
+        completion_start: str = "landing",
+        update: dict | None = None,
         sde: str = "sde",
         adv_clip: float = 5.0,
         multi_reward: str = "combined",
+        std_unbiased: bool = True,
+        std_eps: float = 1e-8,
         method: str = "egrpo",
     ):
-        super().__init__(num_steps, group_size, noise_level, sde, adv_clip, multi_reward)
+        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method)
         if not 1 <= num_branch_steps <= num_steps:
             raise ValueError(f"num_branch_steps must be in [1, num_steps={num_steps}], got {num_branch_steps}")
         if merge not in ("adaptive", "fixed"):
@@ -87,28 +116,47 @@ class EntropyMergeStepScheduler(StepScheduler):
             raise ValueError(f"merge_length must be >= 1, got {merge_length}")
         if tau < 0:
             raise ValueError(f"tau must be >= 0, got {tau}")
-        self.shift = float(shift)
+        if completion_start not in ("landing", "next"):
+            raise ValueError(f"completion_start must be 'landing' or 'next', got {completion_start!r}")
+        self.noise_level = float(noise_level)
+        self.sde = sde
         self.tau = float(tau)
         self.num_branch_steps = int(num_branch_steps)
         self.merge = merge
         self.merge_length = int(merge_length)
-        self.method = method
+        self.granularities = check_granularities(granularities)
+        self.completion_start = completion_start
+        self.update_cfg = dict(update or {"step_every": "jump"})
+        update_schedule(self.update_cfg, trained=[0])  # validate now
+        StepSettings(sde, self.noise_level)
 
     def merge_lengths(self) -> list[int]:
-        from flowrl.sampling.sigmas import flow_sigmas
+        return merge_lengths(list(self.sigmas), self.num_branch_steps, self.tau, self.noise_level, self.merge, self.merge_length)
 
-        sigmas = flow_sigmas(self.num_steps, self.shift).tolist()
-        return merge_lengths(sigmas, self.num_branch_steps, self.tau, self.noise_level, self.merge, self.merge_length)
-
-    def plan(self) -> StepPlan:
+    def completions(self, jump: Jump) -> tuple[tuple[int, ...], ...]:
+        """The deterministic completions of a branch, one per granularity (see the module doc)."""
         t = self.num_steps
-        jumps = [Jump(k, k + length) for k, length in enumerate(self.merge_lengths())]
-        # deterministic completion from k + l (where the merged jump lands), not from k + 1
-        branches = [Branch(j, [list(range(j.stop, t + 1))]) for j in jumps]
-        note = f"every merged jump ({self.merge}, tau {self.tau}) of the first {self.num_branch_steps} steps"
-        return anchor_plan(self.method, t, self.group_size, branches, note)
+        # official quirk ("next"): the ODE restarts at k+1 and re-runs k+1 .. k+l-1 before the
+        # landing point's schedule; "landing": the landing point's schedule alone
+        rerun = list(range(jump.start + 1, jump.stop)) if self.completion_start == "next" else []
+        return tuple((*rerun, *strided_completion(jump.stop, t, g)) for g in self.granularities)
 
-    def normalize(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        """rewards [P, G, B, 1] -> [P, G, B]: multi-step group-normalised advantage per (prompt, jump)."""
-        check_rewards(rewards, self.plan(), self.method)
-        return branch_group_advantages(rewards)
+    def plan(self, iteration: int = 0, generator: torch.Generator | None = None) -> StepPlan:
+        step = StepSettings(self.sde, self.noise_level, sigma_max=self.sigmas[1])
+        jumps = tuple(Jump(k, k + length, step) for k, length in enumerate(self.merge_lengths()))
+        branches = tuple(Branch(j, self.completions(j)) for j in jumps)
+        upd = update_schedule(self.update_cfg, trained=range(len(jumps)), seed=self.seed_from(generator))
+        note = f"every merged jump ({self.merge}, tau {self.tau}) of the first {self.num_branch_steps} steps"
+        return StepPlan(self.method, self.sigmas, self.group_size, "anchor", jumps, upd, True, branches, note=note)
+
+    def normalize(self, rewards: torch.Tensor, plan: StepPlan, prompts: list[str] | None = None) -> torch.Tensor:
+        """rewards [P, G, B, C] -> [P, G, B]: group-normalised per (prompt, jump, granularity), summed."""
+        check_rewards(rewards, plan)
+        return branch_group_advantages(rewards, self.std_unbiased, self.std_eps)
+
+
+def check_granularities(granularities) -> list[int]:
+    out = [int(g) for g in granularities]
+    if not out or min(out) < 1 or len(set(out)) != len(out):
+        raise ValueError(f"granularities must be distinct integers >= 1, got {out}")
+    return out

@@ -1,14 +1,52 @@
-"""`uniform`: G full SDE trajectories per prompt, a fraction of the steps trained, one group per
-prompt. DanceGRPO (method=dancegrpo: same initial noise per group, DanceGRPO step with eta,
-timestep_fraction 0.6) and Flow-GRPO (method=flowgrpo: independent noise, Flow-GRPO SDE with
-noise level a, per-prompt statistics) are two configurations of this one scheduler.
+"""`uniform`: G full SDE trajectories per prompt, a share of the steps trained, one group per
+prompt. DanceGRPO (method=dancegrpo) and Flow-GRPO (method=flowgrpo) are two configurations of
+this one scheduler; every difference between them is a config value, each following the official
+code where the paper is silent:
+
+| | DanceGRPO (`fastvideo/train_grpo_flux.py`) | Flow-GRPO (`scripts/train_sd3.py`) |
+|---|---|---|
+| step | DanceGRPO step, eta 0.3 | Flow-GRPO SDE (or CPS), a 0.7 |
+| initial noise | the same for the G samples of a group | independent |
+| trained steps | per sample, a random int((T-1)*0.6) of the first T-1 | the first int(T*0.99) in order |
+| advantage | (r - mean_G) / (std_G + 1e-8), unbiased std | per prompt mean / (population std of all rewards + 1e-4) |
+| scored image | x0 prediction of the last step | the final sample |
+| optimizer steps | one every gradient_accumulation_steps samples | 2 per rollout, over shuffled halves |
 """
 
 from __future__ import annotations
 
 import torch
 
-from flowrl.step_schedulers.base import Jump, StepPlan, StepScheduler, check_rewards, group_normalize
+from flowrl.step_schedulers.base import (
+    Jump,
+    StepPlan,
+    StepScheduler,
+    StepSettings,
+    UpdateSchedule,
+    check_rewards,
+)
+
+SELECTIONS = ("random_per_sample", "first")
+
+
+def update_schedule(cfg: dict | None, trained=None, per_sample=None, seed: int = 0) -> UpdateSchedule:
+    """An UpdateSchedule from a method's `update:` config block ({step_every, samples_per_step,
+    steps_per_rollout, shuffle}) and the trained jumps."""
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - {"step_every", "samples_per_step", "steps_per_rollout", "shuffle"}
+    if unknown:
+        raise ValueError(
+            f"unknown update keys {sorted(unknown)}; known: step_every, samples_per_step, steps_per_rollout, shuffle"
+        )
+    return UpdateSchedule(
+        trained=None if trained is None else tuple(trained),
+        per_sample=per_sample,
+        step_every=cfg.get("step_every", "rollout"),
+        samples_per_step=cfg.get("samples_per_step"),
+        steps_per_rollout=int(cfg.get("steps_per_rollout", 1)),
+        shuffle=bool(cfg.get("shuffle", False)),
+        seed=seed,
+    )
 
 
 class UniformStepScheduler(StepScheduler):
@@ -20,63 +58,107 @@ class UniformStepScheduler(StepScheduler):
         group_size: int = 12,
         noise_level: float = 0.3,
         sde: str = "dance",
+        shift: float = 3.0,
         timestep_fraction: float = 0.6,
+        timestep_selection: str = "random_per_sample",
+        exclude_last_step: bool = True,
         same_initial_noise: bool = True,
         group_by: str = "group",
+        global_std: bool = False,
+        std_unbiased: bool = True,
+        std_eps: float = 1e-8,
+        score: str = "last_x0",
+        cps_log_prob: str = "mse",
+        update: dict | None = None,
         adv_clip: float = 5.0,
         method: str = "dancegrpo",
         multi_reward: str = "combined",
     ):
-        super().__init__(num_steps, group_size, noise_level, sde, adv_clip, multi_reward)
+        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method)
         if not 0 < timestep_fraction <= 1:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {timestep_fraction}")
+        if timestep_selection not in SELECTIONS:
+            raise ValueError(f"timestep_selection must be one of {SELECTIONS}, got {timestep_selection!r}")
         if group_by not in ("group", "prompt"):
             raise ValueError(f"group_by must be 'group' or 'prompt', got {group_by!r}")
+        if exclude_last_step and num_steps < 2:
+            raise ValueError("exclude_last_step needs num_steps >= 2")
+        self.noise_level = float(noise_level)
+        self.sde = sde
         self.timestep_fraction = float(timestep_fraction)
+        self.timestep_selection = timestep_selection
+        self.exclude_last_step = bool(exclude_last_step)
         self.same_initial_noise = bool(same_initial_noise)
         self.group_by = group_by
-        self.method = method
+        self.global_std = bool(global_std)
+        self.score = score
+        self.cps_log_prob = {"official": "mse", "gaussian": "gaussian"}.get(cps_log_prob, cps_log_prob)
+        self.update_cfg = dict(update or {"step_every": "rollout"})
+        StepSettings(sde, self.noise_level)  # validate the step kind now, not at the first rollout
+        update_schedule(self.update_cfg, trained=[0])  # and the update block
+
+    @property
+    def pool(self) -> int:
+        """How many of the first steps may be trained: T - 1 (DanceGRPO never trains the last) or T."""
+        return self.num_steps - 1 if self.exclude_last_step else self.num_steps
 
     @property
     def num_trained(self) -> int:
-        """int(T * fraction) as DanceGRPO, at least one step."""
-        return max(1, int(self.num_steps * self.timestep_fraction))
+        """int(pool * fraction) as the official scripts, at least one step."""
+        return max(1, int(self.pool * self.timestep_fraction))
 
-    def plan(self) -> StepPlan:
+    def step_settings(self, i: int) -> StepSettings:
+        """How step i -> i+1 is sampled (one noise level for every step here)."""
+        log_prob = self.cps_log_prob if self.sde == "cps" else "gaussian"
+        return StepSettings(self.sde, self.noise_level, sigma_max=self.sigmas[1], log_prob=log_prob)
+
+    def jumps(self) -> tuple[Jump, ...]:
+        return tuple(Jump(i, i + 1, self.step_settings(i)) for i in range(self.num_steps))
+
+    def plan(self, iteration: int = 0, generator: torch.Generator | None = None) -> StepPlan:
+        k = self.num_trained
+        if self.timestep_selection == "first":
+            upd = update_schedule(self.update_cfg, trained=range(k), seed=self.seed_from(generator))
+            note = f"the first {k} of {self.num_steps} steps, in order"
+        else:
+            upd = update_schedule(self.update_cfg, per_sample=(k, self.pool), seed=self.seed_from(generator))
+            note = f"per sample, a random {k} of the first {self.pool} steps"
         return StepPlan(
             method=self.method,
-            num_steps=self.num_steps,
+            sigmas=self.sigmas,
             group_size=self.group_size,
             trajectory="sde",
-            jumps=[Jump(i, i + 1) for i in range(self.num_steps)],
-            trained_per_generation=self.num_trained,
+            jumps=self.jumps(),
+            update=upd,
             same_initial_noise=self.same_initial_noise,
-            note=f"random {self.num_trained} of {self.num_steps} steps per iteration",
+            score=self.score,
+            note=note,
         )
-
-    def trained_jumps(self, generator: torch.Generator | None = None) -> list[int]:
-        """A random `timestep_fraction` of the T steps, drawn anew each iteration (sorted)."""
-        perm = torch.randperm(self.num_steps, generator=generator)[: self.num_trained]
-        return sorted(perm.tolist())
-
-    sample_trained_steps = trained_jumps
 
     def final_advantages(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
         """rewards [P, G] -> advantages [P, G]: normalised within each group ('group'), or over
         every sample of the same prompt string in the batch ('prompt', Flow-GRPO's per-prompt
-        stat tracking, which pools groups whose prompts repeat)."""
-        if self.group_by == "group" or prompts is None:
-            return group_normalize(rewards)
-        if len(prompts) != rewards.shape[0]:
-            raise ValueError(f"{rewards.shape[0]} groups but {len(prompts)} prompts")
-        adv = torch.empty_like(rewards, dtype=torch.float32)
-        for prompt in set(prompts):
-            rows = [i for i, p in enumerate(prompts) if p == prompt]
-            adv[rows] = group_normalize(rewards[rows].reshape(1, -1)).reshape(len(rows), -1)
-        return adv
+        stat tracking, which pools groups whose prompts repeat). global_std: divide by the std of
+        every reward of the rollout instead of the group's (flow_grpo's `global_std`, on in all
+        its SD3 configs), the mean staying per group / prompt."""
+        r = rewards.float()
+        if self.group_by == "prompt" and prompts is not None:
+            if len(prompts) != r.shape[0]:
+                raise ValueError(f"{r.shape[0]} groups but {len(prompts)} prompts")
+            keys = list(dict.fromkeys(prompts))
+            member = torch.tensor([keys.index(p) for p in prompts])  # [P] -> pooled prompt id
+        else:
+            member = torch.arange(r.shape[0])
+        mean = torch.stack([r[member == i].mean() for i in range(int(member.max()) + 1)])[member].unsqueeze(1)
+        if self.global_std:
+            std = r.std(unbiased=self.std_unbiased)
+        else:
+            std = torch.stack([r[member == i].std(unbiased=self.std_unbiased) for i in range(int(member.max()) + 1)])
+            std = std[member].unsqueeze(1)
+        return (r - mean) / (std + self.std_eps)
 
-    def normalize(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        """The final image's advantage, shared by every step of its trajectory: [P, G] -> [P, G, T]."""
-        check_rewards(rewards, self.plan(), self.method)
+    def normalize(self, rewards: torch.Tensor, plan: StepPlan, prompts: list[str] | None = None) -> torch.Tensor:
+        """The final image's advantage, shared by every jump of its trajectory: [P, G] -> [P, G, J]."""
+        check_rewards(rewards, plan)
         adv = self.final_advantages(rewards, prompts)
-        return adv.unsqueeze(-1).expand(*adv.shape, self.num_steps)
+        return adv.unsqueeze(-1).expand(*adv.shape, len(plan.jumps))

@@ -1,0 +1,123 @@
+"""The policy update: the one trained-jump loop. The LightningModule, the benchmark and the tests
+all call `policy_update`.
+
+    for each optimizer step of plan.optimizer_steps(P):        # where the plan puts them
+        for each (jump, rows) block of the step:                 # the trained transitions
+            for each chunk of the rows:                          # the rollout's chunks (ratio 1)
+                forward with grad -> log-probs -> GRPO loss (+ KL) -> backward(loss * share)
+        grad clip, optimizer step                                # step_fn
+
+Every optimizer step's loss is the mean over its terms (one per trained (sample, jump)):
+DanceGRPO's loss / (gradient_accumulation_steps x trained steps), E-GRPO's and G²RPO's mean
+over the G samples of one timestep, Flow-GRPO's accumulation over minibatches and timesteps
+(accelerate divides by the accumulation count) all reduce to it. Later optimizer steps of one
+iteration see weights the earlier ones changed: their ratio leaves 1 and the clip binds, as in
+the official scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from flowrl.losses.grpo import grpo_loss
+from flowrl.sampling.rollout import Rollout, chunks, jump_log_prob
+
+KL_FORMS = ("official", "transition")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    clip_eps: float = 1e-4
+    adv_clip: float = 5.0
+    kl_beta: float = 0.0
+    # "official": mean((mu - mu_ref)^2) / (2 std_dev_t^2), as flow_grpo's train_sd3.py (beta 0.04 /
+    # 0.01 were tuned on it); "transition": divided by the transition variance std_dev_t^2 |dt|,
+    # the exact KL of the two Gaussian steps (1/|dt| = 4-28x stronger at T 10).
+    kl_form: str = "official"
+
+    def __post_init__(self):
+        if self.kl_form not in KL_FORMS:
+            raise ValueError(f"kl_form must be one of {KL_FORMS}, got {self.kl_form!r}")
+
+
+@dataclass
+class UpdateStats:
+    """What one policy update did: its optimizer steps and the loss metrics of every chunk."""
+
+    optimizer_steps: int = 0
+    terms: int = 0  # trained (sample, jump) terms
+    rows: int = 0  # start states through a training forward / backward
+    metrics: list[dict] = field(default_factory=list)  # one per chunk, in order
+    first_step_ratio_mean: float | None = None  # the mean ratio of the first optimizer step's terms
+
+    def mean_metrics(self) -> dict[str, float]:
+        if not self.metrics:
+            return {}
+        return {k: sum(d[k] for d in self.metrics) / len(self.metrics) for k in self.metrics[0]}
+
+
+def policy_update(
+    model,
+    plan,
+    rollout: Rollout,
+    advantages: list[torch.Tensor],
+    step_fn: Callable[[], None],
+    loss: LossConfig,
+    max_batch: int = 64,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    reference_mean: Callable | None = None,
+) -> UpdateStats:
+    """Train the plan's jumps of one rollout. `advantages`: one [M_j, K_j] tensor per jump (the
+    step scheduler's output, in the jump sets' layout). `step_fn()` clips and applies the
+    accumulated gradients and zeroes them (the caller owns the optimizer, grad clipping, EMA).
+    `backward(loss)` defaults to loss.backward() (Lightning passes manual_backward).
+    `reference_mean(rollout, jump_set, rows)` gives the reference policy's transition mean for the KL term
+    (needed when loss.kl_beta > 0)."""
+    if len(advantages) != len(rollout.jump_sets):
+        raise ValueError(f"{len(advantages)} advantage tensors for {len(rollout.jump_sets)} jumps")
+    for j, (a, js) in enumerate(zip(advantages, rollout.jump_sets)):
+        if tuple(a.shape) != tuple(js.log_prob.shape):
+            raise ValueError(f"jump {j}: advantages {tuple(a.shape)} do not match the jump set {tuple(js.log_prob.shape)}")
+    if loss.kl_beta > 0 and reference_mean is None:
+        raise ValueError("kl_beta > 0 needs reference_mean")
+    backward = backward or torch.Tensor.backward
+    stats = UpdateStats()
+    for o, step in enumerate(plan.optimizer_steps(rollout.num_prompts)):
+        k_of = {b.jump: rollout.jump_sets[b.jump].x_next.shape[1] for b in step}
+        n_terms = sum(b.rows.numel() * k_of[b.jump] for b in step)
+        first_ratios = []
+        for block in step:
+            js = rollout.jump_sets[block.jump]
+            adv = advantages[block.jump].to(js.log_prob.device)  # [M, K]
+            for sl in chunks(block.rows.numel(), max_batch):  # the rollout's chunks of these rows
+                rows = block.rows[sl]
+                idx = rows.to(js.log_prob.device)
+                out = jump_log_prob(model, rollout, js, rows)
+                kl = {}
+                if loss.kl_beta > 0:
+                    ref = reference_mean(rollout, js, rows)
+                    scale = out.std_dev_t if loss.kl_form == "official" else out.std
+                    kl = {"mean": out.mean, "ref_mean": ref, "std": scale}
+                res = grpo_loss(
+                    out.log_prob,
+                    js.log_prob[idx].flatten(),
+                    adv[idx].flatten(),
+                    loss.clip_eps,
+                    adv_clip=loss.adv_clip,
+                    kl_beta=loss.kl_beta,
+                    **kl,
+                )
+                backward(res.loss * (out.log_prob.numel() / n_terms))
+                stats.metrics.append(res.metrics())
+                stats.rows += rows.numel()
+                if o == 0:
+                    first_ratios.append(float(res.ratio_mean) * out.log_prob.numel())
+        step_fn()
+        stats.optimizer_steps += 1
+        stats.terms += n_terms
+        if o == 0:
+            stats.first_step_ratio_mean = sum(first_ratios) / n_terms
+    return stats
