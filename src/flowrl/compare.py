@@ -253,6 +253,7 @@ def run_values(client, finished, metric: str):
     val_keys = sorted({c.removeprefix("metrics.") for c in finished.columns if c.startswith("metrics.val/reward/")})
     if metric not in val_keys and f"metrics.{metric}" in finished.columns:
         val_keys.append(metric)
+    val_keys.sort(key=lambda k: k != metric)  # the ranked metric's columns first
     out = finished.copy()
     curves, nfe_seen = {}, True
     for idx, row in finished.iterrows():
@@ -320,8 +321,21 @@ def group_table(values, keys: list[str], val_keys: list[str], metric: str):
     return table.reset_index(drop=True)
 
 
-def _md(frame, floatfmt=".4f") -> str:
-    return frame.to_markdown(index=False, floatfmt=floatfmt, missingval="")
+def _cell(value) -> str:
+    """4 decimals for floats, blank for missing (NaN: a group of one seed has no CI), else str."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{round(value, 4) + 0.0:.4f}"  # no "-0.0000"
+    return str(value)
+
+
+def _md(frame) -> str:
+    """pandas' to_markdown (tabulate) on cells formatted here: param values stay as logged
+    ('1.8', not '1.8000'), numbers are right-aligned."""
+    numeric = [frame[c].dtype.kind in "if" for c in frame.columns]
+    cells = frame.astype(object).map(_cell)
+    return cells.to_markdown(index=False, disable_numparse=True, colalign=["right" if n else "left" for n in numeric])
 
 
 def render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe, ui_path) -> str:
@@ -361,7 +375,8 @@ def render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe,
     lines += [f"- `ablation_{short(k)}.png`: `{metric}` against `{k}`" for k in keys if k != "method.name"]
     lines += [f"- `proxy_vs_truth.png`: Δ trained reward against Δ `{GROUND_TRUTH}`, one point per run", ""]
     if ui_path:
-        lines += [f"MLflow UI, these runs grouped by {', '.join(short(k) for k in keys) or 'nothing'}: `<server>/{ui_path}`", ""]
+        grouped = ", ".join(short(k) for k in keys) or "nothing"
+        lines += [f"MLflow UI, these runs grouped by {grouped}: `<server>/{ui_path}` (charts: `&compareRunsMode=CHART`)", ""]
     return "\n".join(lines)
 
 
@@ -500,23 +515,68 @@ def plot_proxy_vs_truth(path, values, keys) -> bool:
 # -- the MLflow UI view ----------------------------------------------------------------------------
 
 
-def share_grouped_view(client, experiment, keys: list[str], tag_columns) -> str:
-    """Store an MLflow UI view of the runs grouped by `keys` (as run tags where flowrl tags them,
-    else params) as the experiment tag mlflow.sharedViewState.flowrl-compare, and return the UI
-    path that opens it: `#/experiments/<id>/runs?viewStateShareKey=flowrl-compare`.
+def share_grouped_view(client, experiment, keys: list[str], runs, metric: str, x_is_nfe: bool) -> str:
+    """Store an MLflow UI view of this comparison as the experiment tag
+    mlflow.sharedViewState.flowrl-compare and return the UI path that opens it:
+    `#/experiments/<id>/runs?viewStateShareKey=flowrl-compare` (add `&compareRunsMode=CHART` for
+    the charts).
 
-    This is the state the UI's own "Share" button stores; a plain JSON value is accepted."""
+    The view: runs grouped by `keys` (as the run tags flowrl sets where it has one, else the
+    params), the group rows showing the mean over seeds; the summary runs filtered out; the
+    held-out rewards, the NFE and the seed as columns; and a first chart of `metric` against
+    `val/nfe_total` (the step without it), which the UI draws per group as the mean with a band
+    over the seeds. It is the state the UI's own "Share" button stores (MLflow 3.17; a plain JSON
+    value is accepted)."""
     from flowrl.tracking import RUN_TAG_KEYS
 
     tag_for = {key: tag for tag, key in RUN_TAG_KEYS}
     group_by = []
     for key in keys:
         tag = tag_for.get(key)
-        if tag is not None and f"tags.{tag}" in tag_columns:
+        if tag is not None and f"tags.{tag}" in runs.columns:
             group_by.append({"mode": "tag", "groupByData": tag})
         else:
             group_by.append({"mode": "param", "groupByData": key})
-    state = {"groupBy": {"aggregateFunction": "average", "groupByKeys": group_by} if group_by else None}
+    metrics = sorted(c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.val/"))
+    columns = [f"metrics.`{m}`" for m in metrics] + (["tags.`seed`"] if "tags.seed" in runs.columns else [])
+    section = "flowrl-compare"
+    chart = {
+        "type": "LINE",
+        "uuid": "flowrl-compare-curve",
+        "metricSectionId": section,
+        "isGenerated": False,
+        "deleted": False,
+        "runsCountToCompare": 100,
+        "metricKey": metric,
+        "selectedMetricKeys": [metric],
+        "lineSmoothness": 0,
+        "xAxisScaleType": "linear",
+        "scaleType": "linear",
+        "range": {},
+        "xAxisKey": "metric" if x_is_nfe else "step",
+        "selectedXAxisMetricKey": NFE_METRIC if x_is_nfe else "",
+        "yAxisKey": "metric",
+        "yAxisExpressions": [],
+        "ignoreOutliers": False,
+        "useGlobalXaxisKey": False,
+        "useGlobalLineSmoothing": False,
+    }
+    state = {
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": group_by} if group_by else None,
+        "searchFilter": f"attributes.run_name != '{SUMMARY_RUN_NAME}'",
+        "selectedColumns": columns,
+        "compareRunCharts": [chart],
+        "compareRunSections": [
+            {
+                "uuid": section,
+                "name": "flowrl.compare",
+                "display": True,
+                "isReordered": False,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
+    }
     client.set_experiment_tag(experiment.experiment_id, SHARED_VIEW_PREFIX + SHARED_VIEW_KEY, json.dumps(state))
     return f"#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
 
@@ -547,7 +607,7 @@ def compare(
     if not finished.empty and f"{metric} last" not in values.columns:
         raise SystemExit(f"flowrl.compare: no finished run of {experiment!r} logs {metric!r}")
     table = group_table(values, keys, val_keys, metric) if not finished.empty else values.iloc[0:0].assign(_label=[])
-    ui_path = share_grouped_view(client, exp, keys, runs.columns)
+    ui_path = share_grouped_view(client, exp, keys, runs, metric, x_is_nfe)
     text = render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe, ui_path)
     files = [out / "table.md"]
     files[0].write_text(text + "\n")
