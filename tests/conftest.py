@@ -26,3 +26,36 @@ def tiny_clip():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """A 2 x 2 smoke sweep through the sweeps machinery, run once per session and shared by the
+    compare end-to-end test and the MLflow UI test: `SMOKE=1 SEEDS=0,1 METHODS=egrpo,dancegrpo
+    bash sweeps/methods.sh logger.experiment_name=smoke`, into a fresh sqlite store.
+    Returns (tracking uri, experiment name, working directory)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("smoke_sweep")
+    uri = f"sqlite:///{work}/mlflow.db"
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "SEEDS": "0,1",
+        "METHODS": "egrpo,dancegrpo",
+        "PYTHON": sys.executable,
+        "MLFLOW_TRACKING_URI": uri,
+    }
+    proc = subprocess.run(
+        ["bash", str(repo / "sweeps" / "methods.sh"), "logger.experiment_name=smoke"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return uri, "smoke", work

@@ -197,3 +197,53 @@ def test_import_is_cheap():
     code = "import sys, flowrl.compare; print(*(m in sys.modules for m in ('torch', 'mlflow', 'matplotlib', 'pandas')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
     assert out == ["False"] * 4
+
+
+@pytest.mark.slow
+def test_smoke_sweep_then_compare_end_to_end(smoke_sweep, tmp_path):
+    # sweeps/methods.sh (SMOKE, 2 methods x 2 seeds) -> python -m flowrl.compare -> table + plots
+    from mlflow.tracking import MlflowClient
+
+    uri, experiment, _ = smoke_sweep
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.sweep = 'methods'")
+    assert len(runs) == 4
+    tags = [r.data.tags for r in runs]
+    assert sorted((t["method"], t["seed"]) for t in tags) == [
+        ("dancegrpo", "0"),
+        ("dancegrpo", "1"),
+        ("egrpo", "0"),
+        ("egrpo", "1"),
+    ]
+    assert {t["budget"] for t in tags} == {"iterations=1"} and {t["group_size"] for t in tags} == {"4"}
+    assert {t.get("tau") for t in tags} == {"2.2", None}  # E-GRPO's tau; DanceGRPO has none
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # a crashed run and a run that never ended, in the same experiment
+    for name, status in [("crashed egrpo s5", "FAILED"), ("lost dancegrpo s6", None)]:
+        run = client.create_run(exp.experiment_id, run_name=name, tags={"method": name.split()[1]})
+        client.log_param(run.info.run_id, "method.name", name.split()[1])
+        client.log_metric(run.info.run_id, "val/reward/shapes", 0.0, step=0)
+        if status:
+            client.set_terminated(run.info.run_id, status)
+
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "flowrl.compare", "--experiment", experiment, "--out", str(out), "--tracking-uri", uri]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (out / "table.md").read_text()
+    assert md.strip() in proc.stdout
+    assert {"table.md", "reward_vs_nfe.png", "final.png", "proxy_vs_truth.png"} <= {p.name for p in out.iterdir()}
+    header = md.split("\n## ")[0]
+    table = [line for line in header.splitlines() if line.startswith("|")]
+    cols = [c.strip() for c in table[0].strip("|").split("|")]
+    assert cols[:3] == ["method", "n", "seeds"] and "shapes ±95% CI" in cols and "Δshapes ±95% CI" in cols
+    rows = {r[0]: dict(zip(cols, r)) for r in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    assert set(rows) == {"egrpo", "dancegrpo"} and {r["n"] for r in rows.values()} == {"2"}
+    assert {r["seeds"] for r in rows.values()} == {"0,1"}
+    left = md.split("## Not compared (not FINISHED)")[1].split("## ")[0]
+    assert "crashed egrpo s5" in left and "FAILED" in left and "lost dancegrpo s6" in left and "RUNNING" in left
+    assert "crashed" not in header and "lost" not in header
+    assert "NFE (`val/nfe_total`)" in md  # training logs the NFE spent with every evaluation
+    summary = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("flowrl.summary") == "true"]
+    assert len(summary) == 1 and {a.path for a in client.list_artifacts(summary[0].info.run_id)} >= {"table.md", "final.png"}

@@ -522,10 +522,10 @@ def share_grouped_view(client, experiment, keys: list[str], runs, metric: str, x
     the charts).
 
     The view: runs grouped by `keys` (as the run tags flowrl sets where it has one, else the
-    params), the group rows showing the mean over seeds; the summary runs filtered out; the
-    held-out rewards, the NFE and the seed as columns; and a first chart of `metric` against
-    `val/nfe_total` (the step without it), which the UI draws per group as the mean with a band
-    over the seeds. It is the state the UI's own "Share" button stores (MLflow 3.17; a plain JSON
+    params), the group rows showing the mean over seeds; only FINISHED runs, as in the table, and
+    not the summary runs; the held-out rewards, the NFE and the seed as columns; and a first
+    chart of `metric` against `val/nfe_total` (the step without it), which the UI draws per
+    group as the mean with a band over the seeds. It is the state the UI's own "Share" button stores (MLflow 3.17; a plain JSON
     value is accepted)."""
     from flowrl.tracking import RUN_TAG_KEYS
 
@@ -563,7 +563,7 @@ def share_grouped_view(client, experiment, keys: list[str], runs, metric: str, x
     }
     state = {
         "groupBy": {"aggregateFunction": "average", "groupByKeys": group_by} if group_by else None,
-        "searchFilter": f"attributes.run_name != '{SUMMARY_RUN_NAME}'",
+        "searchFilter": f"attributes.status = 'FINISHED' and attributes.run_name != '{SUMMARY_RUN_NAME}'",
         "selectedColumns": columns,
         "compareRunCharts": [chart],
         "compareRunSections": [
@@ -595,7 +595,8 @@ def compare(
     """Read, group, aggregate, plot, write and log (see the module docstring).
 
     Returns {'table': grouped DataFrame, 'runs': per-run DataFrame, 'left_out': DataFrame,
-    'keys': swept keys, 'files': written paths, 'summary_run_id': id or None, 'markdown': text}."""
+    'keys': swept keys, 'files': written paths, 'summary_run_id': id or None, 'markdown': text,
+    'ui_path': the MLflow UI path of the grouped view}."""
     client = _client(tracking_uri)
     exp, runs = load_runs(experiment, tracking_uri)
     out = Path(out_dir) if out_dir is not None else Path("outputs") / "compare" / experiment
@@ -632,6 +633,7 @@ def compare(
         "files": files,
         "summary_run_id": summary_id,
         "markdown": text,
+        "ui_path": ui_path,
     }
 
 
