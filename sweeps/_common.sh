@@ -27,13 +27,18 @@ SMOKE="${SMOKE:-0}"
 SEEDS="${SEEDS:-$([[ "$SMOKE" == 1 ]] && echo 0 || echo 0,1,2)}"
 LENGTH="${LENGTH:-$([[ "$SMOKE" == 1 ]] && echo train.iterations=1 || echo train.iterations=30)}"
 
-# Tiny sizes: one iteration of one prompt, G 4 (DanceGRPO steps every 4 samples), 4 steps, one held-out sample per prompt.
-# `++` adds a method's own knob to methods that lack it (unused there) so one list fits all.
+# Tiny sizes: one iteration of one prompt, G 4, 4 steps, one held-out sample per prompt. A
+# method's own knobs that must shrink with them are set with `++` (added, unused, where a method
+# lacks the knob) so that one list fits every method: E-GRPO's / G²RPO's branch steps, MixGRPO's
+# window, and the samples per optimizer step of DanceGRPO (4) and MixGRPO (3), which must divide
+# the 4 samples of a rollout. A new method that fails under SMOKE=1 adds its shrink here.
 SMOKE_OVERRIDES=(
   train.prompts_per_step=1
   method.group_size=4
   method.num_steps=4
   ++method.num_branch_steps=2
+  ++method.window_size=2
+  ++method.gradient_accumulation_steps=2
   val.samples_per_prompt=1
   val.num_steps=4
   val.grid_prompts=2

@@ -101,6 +101,7 @@ def _points(argv):
 @pytest.mark.parametrize("smoke", ["0", "1"])
 def test_every_sweep_point_composes(name, smoke):
     from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     points = _points(_command(name, SMOKE=smoke, SEEDS="0"))
@@ -110,6 +111,8 @@ def test_every_sweep_point_composes(name, smoke):
             cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/flowrl-test"])
             OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
             assert cfg.sweep == name
+            if smoke == "1":  # the smoke sizes fit every method's own checks (window, steps per update)
+                instantiate(cfg.method.step_scheduler)
 
 
 def test_slurm_launcher_config():
