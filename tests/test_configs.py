@@ -48,7 +48,7 @@ def test_toy_experiments_share_one_budget_and_lr(name):
     from hydra.utils import instantiate
 
     def budget(cfg):
-        plan = instantiate(cfg.method.step_scheduler).plan()
+        plan = instantiate(cfg.method.step_scheduler).plan(0)
         return plan.budget()["nfe_per_prompt"] * cfg.train.prompts_per_step
 
     ref = _compose("train", ["experiment=toy_egrpo"])
@@ -97,3 +97,26 @@ def test_sample_entry_point_runs_and_scores(tmp_path):
     scores = run(cfg)
     assert set(scores) == {"shapes", "tiny_clip", "jpeg"}
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "scores.json").is_file()
+
+
+def test_method_configs_carry_the_official_values():
+    # Issue 11, 2j and the update schedules, each as the official script has it.
+    cfg = {m: _compose("train", [f"method={m}"]) for m in ("dancegrpo", "flowgrpo", "egrpo", "g2rpo", "densegrpo", "mixgrpo")}
+    assert {m: c.train.weight_decay for m, c in cfg.items()} == dict.fromkeys(cfg, 1e-4)  # every peer
+    dance = cfg["dancegrpo"].method
+    assert (dance.lr, dance.gradient_accumulation_steps, dance.step_scheduler.score) == (1e-5, 4, "last_x0")
+    lora = _compose("train", ["experiment=dancegrpo_flux_hps"]).method
+    assert (lora.lr, lora.gradient_accumulation_steps) == (3e-4, 12)  # train_grpo_flux_lora.py + its 8-GPU script
+    flow = cfg["flowgrpo"].method
+    assert (flow.ema.decay, flow.ema.every, flow.ema.warmup) == (0.9, 8, True)  # flow_grpo config/grpo.py + ema.py
+    assert (flow.kl_beta, flow.kl_form, flow.optimizer_steps_per_rollout) == (0.04, "official", 2)
+    assert flow.step_scheduler["update"]["drop_zero_advantage"] and flow.step_scheduler.global_std
+    assert cfg["egrpo"].method.granularities == [1, 2] and cfg["egrpo"].method.step_every == "jump"
+    assert cfg["g2rpo"].method.granularities == [1, 2] and cfg["g2rpo"].method.multi_reward == "sum_advantages"
+    mix = cfg["mixgrpo"].method
+    assert (mix.num_steps, mix.window_size, mix.iters_per_group, mix.stride, mix.gradient_accumulation_steps) == (25, 4, 25, 1, 3)
+    # DenseGRPO's PickScore experiment: the paper's beta 0.01 for human-preference rewards
+    assert _compose("train", ["experiment=densegrpo_sd35_pickscore"]).method.kl_beta == 0.01
+    # E-GRPO's multi-reward is the raw weighted sum (its reward_manager.py): no per-part z-scores
+    hps_clip = _compose("sample", ["+reward@probe=hps_clip"]).probe
+    assert hps_clip.normalize == "none" and dict(hps_clip.weights) == {"hps": 0.7, "clipscore": 0.3}

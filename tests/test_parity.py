@@ -700,3 +700,45 @@ def test_policy_update_per_step_normalisation_hand_worked():
     assert stats.optimizer_steps == 2 and stats.terms == 8
     assert grads == [pytest.approx(1.0, rel=1e-6), pytest.approx(1.125, rel=1e-6)]
     assert math.isclose(sum(grads), 2.125, rel_tol=1e-6)
+
+
+def test_flowgrpo_drops_samples_with_zero_advantage_hand_worked():
+    from flowrl.step_schedulers.base import Jump, StepPlan, StepSettings, UpdateSchedule
+    from flowrl.update import LossConfig, policy_update
+
+    # flow_grpo train_sd3.py (L797-817 at ac4c86e) drops samples whose advantages are all 0 before
+    # training: they neither count in the mean nor add a KL term. Same toy as above, one jump
+    # (d lp / d theta = -1.125), one optimizer step over 4 samples, A = [1.0, -0.5, 0, 0]:
+    #   kept (2 terms): -(1.0 - 0.5) * -1.125 / 2 = 0.28125;   not filtered (4 terms): 0.140625.
+    step = StepSettings("sde", 0.0, std_dev_t=0.5)
+    a = torch.tensor([1.0, -0.5, 0.0, 0.0])
+    grads = {}
+    for drop in (True, False):
+        ro, adv = _toy_rollout(torch.ones(4, 2, 3), (0.5, 0.25), [step], 0.0, [a], group_size=2)
+        upd = UpdateSchedule(trained=(0,), drop_zero_advantage=drop)
+        plan = StepPlan("toy", (0.5, 0.25), 2, "sde", (Jump(0, 1, step),), upd, False)
+        model, got = _ScalarVelocity(0.0), []
+
+        def step_fn(model=model, got=got):
+            got.append(float(model.theta.grad))
+            model.theta.grad = None
+
+        stats = policy_update(model, plan, ro, adv, step_fn, LossConfig(clip_eps=1e-4), max_batch=4)
+        grads[drop] = (got, stats.terms)
+    assert grads[True] == ([pytest.approx(0.28125, rel=1e-6)], 2)
+    assert grads[False] == ([pytest.approx(0.140625, rel=1e-6)], 4)
+
+
+def test_mixgrpo_reward_weights_are_normalised_to_sum_one():
+    # MixGRPO train_grpo_flux.py (L765-767) divides its reward weights by their sum: weights
+    # 1, 1 give the same advantages as 0.5, 0.5.
+    from flowrl.step_schedulers.base import RewardScores
+    from flowrl.step_schedulers.sliding_window import SlidingWindowStepScheduler
+
+    sched = SlidingWindowStepScheduler(num_steps=6, group_size=3, window_size=2)
+    plan = sched.plan(0)
+    parts = {"hps": torch.tensor([[1.0, 2.0, 4.0]]), "clip": torch.tensor([[3.0, 1.0, 2.0]])}
+    total = parts["hps"] + parts["clip"]
+    a1 = sched.advantages(RewardScores(parts, total, {"hps": 1.0, "clip": 1.0}), plan)
+    a2 = sched.advantages(RewardScores(parts, total, {"hps": 0.5, "clip": 0.5}), plan)
+    torch.testing.assert_close(a1[0], a2[0])

@@ -519,8 +519,9 @@ def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict
         "",
         "## (c) Budget per prompt (from the plan) and measured wall per iteration",
         "",
-        "Iteration = engine rollout + advantages + the training forwards/backwards of the trained jumps "
-        "(GRPO loss, KL to a frozen reference where kl_beta > 0, one AdamW step, full fine-tune). "
+        "Iteration = engine rollout + advantages + `flowrl.update.policy_update` over the trained jumps "
+        "(GRPO loss, KL to a frozen reference where kl_beta > 0, AdamW steps where the method's plan puts "
+        "them, full fine-tune). "
         "`train rows` = rows through a training forward/backward: one per start state, shared by the "
         "successors leaving it (the papers count one backward pass per (sample, trained step)).",
         "",
@@ -535,6 +536,7 @@ def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict
             "reward queries",
             "backward passes",
             "train rows",
+            "optimizer steps",
             "rollout s",
             "advantages s",
             "train s",
@@ -550,6 +552,7 @@ def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict
                 r["reward_queries_per_prompt"],
                 r["backward_passes_per_prompt"],
                 r["train_rows"],
+                r["optimizer_steps"],
                 f"{r['rollout_s']:.2f}",
                 f"{r['advantages_s']:.4f}",
                 f"{r['train_s']:.2f}",

@@ -14,13 +14,13 @@ from omegaconf import DictConfig
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def prompt_loaders(data, cfg: DictConfig):
-    """Train: exactly `iterations` random batches of prompts; val: all held-out prompts at once."""
+def prompt_loaders(data, cfg: DictConfig, iterations: int):
+    """Train: `iterations` random batches of prompts; val: all held-out prompts at once."""
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
     g = torch.Generator().manual_seed(cfg.seed)
-    n = cfg.train.iterations * cfg.train.prompts_per_step
+    n = iterations * cfg.train.prompts_per_step
     train = DataLoader(
         data.train,
         batch_size=cfg.train.prompts_per_step,
@@ -49,8 +49,12 @@ def build_module(cfg: DictConfig):
 
     data = instantiate(cfg.data)
     step_scheduler = instantiate(cfg.method.step_scheduler)
-    # a plan that cannot run fails here, before any model loads (a fresh instance: plan() may move state)
+    # a plan that cannot run, or a bad budget, fails here, before any model loads (a fresh
+    # instance: plan() may move a scheduler's state)
     instantiate(cfg.method.step_scheduler).plan(0).optimizer_steps(cfg.train.prompts_per_step)
+    from flowrl.budget import Budget
+
+    Budget.from_config(cfg.get("budget"))
     # rewards before the model: a missing reward checkpoint is reported before FLUX (24 GB) loads
     reward = instantiate(cfg.reward)
     eval_rewards = {name: instantiate(r) for name, r in cfg.eval_rewards.items()}
@@ -135,6 +139,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import torch
     from hydra.utils import instantiate
 
+    from flowrl.budget import Budget, budget_callback, iteration_cost
     from flowrl.tracking import log_artifact_path, log_run_metadata, run_name
 
     model = module.model
@@ -142,14 +147,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model.precompute_prompts(list(data.train) + list(data.val))
     logger = instantiate(cfg.logger, run_name=cfg.logger.run_name or run_name(cfg))
     log_run_metadata(logger, cfg, seed=cfg.seed)
-    trainer = instantiate(cfg.trainer, logger=logger)
-    train_loader, val_loader = prompt_loaders(data, cfg)
+    # the run's length: train.iterations, or a budget (then evaluations at fractions of it)
+    budget = Budget.from_config(cfg.get("budget"))
+    if budget is None:
+        iterations, extra = cfg.train.iterations, {}
+    else:
+        plan = instantiate(cfg.method.step_scheduler).plan(0)  # a fresh instance: plan() may move state
+        iterations = budget.max_iterations(iteration_cost(plan, cfg.train.prompts_per_step))
+        extra = {"callbacks": [budget_callback(budget, list(data.val))], "val_check_interval": 10**9}
+    trainer = instantiate(cfg.trainer, logger=logger, **extra)
+    train_loader, val_loader = prompt_loaders(data, cfg, iterations)
 
     try:
         module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates (DenseGRPO)
         before = held_out_rewards(trainer, module, val_loader)
         trainer.fit(module, train_loader, val_loader)
-        after = held_out_rewards(trainer, module, val_loader)
+        # the final evaluation, unless the fit loop just made it (an in-loop evaluation at the last
+        # iteration, or a wall-clock budget's stop): the same prompts and noise would repeat it
+        if module.evaluated_at == module.iteration and any(k.startswith("val/") for k in trainer.callback_metrics):
+            after = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        else:
+            after = held_out_rewards(trainer, module, val_loader)
     except BaseException as error:  # the MLflow run keeps what was logged, marked FAILED (KILLED on Ctrl-C)
         logger.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "failed")
         raise

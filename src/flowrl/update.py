@@ -84,40 +84,61 @@ def policy_update(
     if loss.kl_beta > 0 and reference_mean is None:
         raise ValueError("kl_beta > 0 needs reference_mean")
     backward = backward or torch.Tensor.backward
+    keep = _kept_rows(plan, advantages)  # [M] bool per start state, or None: every term counts
     stats = UpdateStats()
     for o, step in enumerate(plan.optimizer_steps(rollout.num_prompts)):
         k_of = {b.jump: rollout.jump_sets[b.jump].x_next.shape[1] for b in step}
-        n_terms = sum(b.rows.numel() * k_of[b.jump] for b in step)
+        n_terms = sum(int(_kept(keep, b.rows).sum()) * k_of[b.jump] for b in step)
         first_ratios = []
         for block in step:
             js = rollout.jump_sets[block.jump]
             adv = advantages[block.jump].to(js.log_prob.device)  # [M, K]
             for sl in chunks(block.rows.numel(), max_batch):  # the rollout's chunks of these rows
                 rows = block.rows[sl]
+                kept = _kept(keep, rows).repeat_interleave(k_of[block.jump])  # [rows * K]
+                if not kept.any():
+                    continue
                 idx = rows.to(js.log_prob.device)
-                out = jump_log_prob(model, rollout, js, rows)
+                out = jump_log_prob(model, rollout, js, rows)  # the whole chunk: the rollout's batch
                 kl = {}
                 if loss.kl_beta > 0:
                     ref = reference_mean(rollout, js, rows)
                     scale = out.std_dev_t if loss.kl_form == "official" else out.std
-                    kl = {"mean": out.mean, "ref_mean": ref, "std": scale}
+                    if scale.ndim:  # per-row coefficients follow the kept rows
+                        scale = scale[kept]
+                    kl = {"mean": out.mean[kept], "ref_mean": ref[kept], "std": scale}
                 res = grpo_loss(
-                    out.log_prob,
-                    js.log_prob[idx].flatten(),
-                    adv[idx].flatten(),
+                    out.log_prob[kept],
+                    js.log_prob[idx].flatten()[kept],
+                    adv[idx].flatten()[kept],
                     loss.clip_eps,
                     adv_clip=loss.adv_clip,
                     kl_beta=loss.kl_beta,
                     **kl,
                 )
-                backward(res.loss * (out.log_prob.numel() / n_terms))
+                n = int(kept.sum())
+                backward(res.loss * (n / n_terms))
                 stats.metrics.append(res.metrics())
                 stats.rows += rows.numel()
                 if o == 0:
-                    first_ratios.append(float(res.ratio_mean) * out.log_prob.numel())
+                    first_ratios.append(float(res.ratio_mean) * n)
         step_fn()
         stats.optimizer_steps += 1
         stats.terms += n_terms
-        if o == 0:
+        if o == 0 and n_terms:
             stats.first_step_ratio_mean = sum(first_ratios) / n_terms
     return stats
+
+
+def _kept_rows(plan, advantages: list[torch.Tensor]) -> torch.Tensor | None:
+    """flow_grpo's filter (plan.update.drop_zero_advantage): a sample whose advantage is exactly 0
+    at every jump leaves the update. None when the plan does not filter."""
+    if not plan.update.drop_zero_advantage:
+        return None
+    if plan.trajectory != "sde":
+        raise ValueError("drop_zero_advantage filters samples of full trajectories ('sde' plans)")
+    return torch.stack([a.flatten().cpu() for a in advantages], dim=1).ne(0).any(dim=1)  # [P*G]
+
+
+def _kept(keep: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    return torch.ones(rows.numel(), dtype=torch.bool) if keep is None else keep[rows.cpu()]

@@ -80,6 +80,8 @@ class GRPOModule(L.LightningModule):
         self.optimizer_steps_done = 0
         self.nfe_total = 0  # NFE as flowrl.plan counts them (the papers' count)
         self.reward_queries_total = 0
+        self.wall_total = 0.0  # seconds spent in training iterations (held-out evaluations excluded)
+        self.evaluated_at = -1  # iterations completed at the last held-out evaluation
         # Reference policy for the KL term: the adapter disabled (LoRA), or a frozen copy of the
         # initial weights (full fine-tune; cheap for the tiny model, a second copy for real ones).
         needs_copy = self.loss_cfg.kl_beta > 0 and not getattr(model, "has_adapter", False)
@@ -153,6 +155,7 @@ class GRPOModule(L.LightningModule):
         self.iteration += 1
         self.nfe_total += budget["nfe_per_prompt"] * len(prompts)
         self.reward_queries_total += budget["reward_queries_per_prompt"] * len(prompts)
+        self.wall_total += time.perf_counter() - start
         flat_adv = torch.cat([a.flatten() for a in adv])
         metrics = stats.mean_metrics()
         for name, part in scores.parts.items():
@@ -168,6 +171,7 @@ class GRPOModule(L.LightningModule):
                 "perf/optimizer_steps": float(stats.optimizer_steps),
                 "perf/nfe_total": float(self.nfe_total),
                 "perf/reward_queries_total": float(self.reward_queries_total),
+                "perf/wall_total": self.wall_total,
                 "perf/rollout_s": rollout_s,
                 "perf/iteration_s": time.perf_counter() - start,
             }
@@ -212,7 +216,13 @@ class GRPOModule(L.LightningModule):
         return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
     # ---- validation: held-out prompts, fixed noise, every eval reward ---------------------
-    def validation_step(self, prompts: list[str], batch_idx: int):
+    @torch.no_grad()
+    def evaluate(self, prompts: list[str]) -> dict[str, float]:
+        """Every eval reward on the held-out prompts, `val.samples_per_prompt` fixed noises each
+        (the same images every evaluation: the grids show the policy change): {name: mean}.
+        Logged at step = iterations completed (0 before training, N after N iterations;
+        Lightning's own step counts optimizer steps) with the NFE spent so far, the x-axis that
+        curves of different methods share, and a sample grid."""
         cfg = self.val_cfg
         self.model.eval()
         rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
@@ -220,28 +230,22 @@ class GRPOModule(L.LightningModule):
             images = generate(
                 self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch
             )
-        for name, reward in self.eval_rewards.items():
-            value = reward(images, rows).mean().item()
-            # Lightning aggregates this for the bar and trainer.validate()'s result; MLflow gets the
-            # epoch mean in on_validation_epoch_end, at the step the sample grid uses.
-            self.log(f"val/reward/{name}", value, batch_size=len(rows), prog_bar=name == "shapes", logger=False)
-            total, count = self._val_sums.get(name, (0.0, 0))
-            self._val_sums[name] = (total + value * len(rows), count + len(rows))
-        self.last_val_images = images[: cfg.grid_prompts * cfg.samples_per_prompt]
-
-    def on_validation_epoch_start(self):
-        self._val_sums: dict[str, tuple[float, int]] = {}  # name -> (sum of batch means x rows, rows)
-
-    def on_validation_epoch_end(self):
-        """Held-out rewards logged at step = iterations completed (0 before training, N after N
-        iterations; Lightning's own step counts optimizer steps), with the NFE spent so far.
-        The same prompts and noise every evaluation: the grids show the policy change."""
-        if self.logger is not None and self._val_sums:
-            means = {f"val/reward/{name}": total / count for name, (total, count) in self._val_sums.items()}
-            means["val/nfe_total"] = float(self.nfe_total)  # the x-axis shared across methods
-            self.logger.log_metrics(means, step=self.iteration)
-        images = getattr(self, "last_val_images", None)
-        if images is not None and hasattr(self.logger, "run_id"):
+        means = {name: reward(images, rows).mean().item() for name, reward in self.eval_rewards.items()}
+        self.evaluated_at = self.iteration
+        if self.logger is not None:
+            metrics = {f"val/reward/{name}": v for name, v in means.items()}
+            self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
+        if hasattr(self.logger, "run_id"):
             from flowrl.tracking import log_image_grid
 
-            log_image_grid(self.logger, images, "val", step=self.iteration, nrow=self.val_cfg.samples_per_prompt * 4)
+            grid = images[: cfg.grid_prompts * cfg.samples_per_prompt]
+            log_image_grid(self.logger, grid, "val", step=self.iteration, nrow=cfg.samples_per_prompt * 4)
+        return means
+
+    def validation_step(self, prompts: list[str], batch_idx: int):
+        """The held-out prompts come as one batch (flowrl.train's loader): one evaluation. The
+        bar and trainer.validate()'s result get the means too (not the logger: evaluate logs)."""
+        means = self.evaluate(list(prompts))
+        n = len(prompts) * self.val_cfg.samples_per_prompt
+        for name, value in means.items():
+            self.log(f"val/reward/{name}", value, batch_size=n, prog_bar=name == "shapes", logger=False)

@@ -149,6 +149,9 @@ class UpdateSchedule:
         (the official scripts let its gradient be zeroed at the next iteration);
       "rollout": `steps_per_rollout` steps, each over an equal share of the (optionally
         shuffled) samples and every trained jump (Flow-GRPO: 2; DenseGRPO: 1).
+    drop_zero_advantage: samples whose advantage is exactly 0 at every jump leave the update (their
+      terms neither count in the mean nor add a KL term), as flow_grpo's train_sd3.py filters them
+      ("sde" plans). Their rows are still evaluated with their chunk, keeping the rollout's batches.
     seed: the random draws (per-sample jumps, the shuffle), frozen when the plan is built."""
 
     trained: tuple[int, ...] | None = None
@@ -157,6 +160,7 @@ class UpdateSchedule:
     samples_per_step: int | None = None
     steps_per_rollout: int = 1
     shuffle: bool = False
+    drop_zero_advantage: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -181,6 +185,8 @@ class UpdateSchedule:
             out["samples_per_step"] = self.samples_per_step
         if self.step_every == "rollout":
             out |= {"steps_per_rollout": self.steps_per_rollout, "shuffle": self.shuffle}
+        if self.drop_zero_advantage:
+            out["drop_zero_advantage"] = True
         return out
 
 
@@ -437,7 +443,8 @@ class StepScheduler(ABC):
     group statistics (std estimator and eps), clamping, and multiple rewards: "combined"
     normalises the reward model's combined score (reward=multi: its weighted sum), "sum_advantages"
     normalises each part and adds the advantages unweighted (G²RPO's hps_clip script),
-    "weighted_sum_advantages" adds them with the reward weights (MixGRPO).
+    "weighted_sum_advantages" adds them with the reward weights normalised to sum 1 (MixGRPO's
+    train_grpo_flux.py, which divides its weights by their sum).
 
     Class attributes a subclass declares (read by run names and the benchmark, so that no list of
     method names exists elsewhere):
@@ -497,8 +504,9 @@ class StepScheduler(ABC):
                 adv = self.normalize(rewards.total, plan, prompts)
             else:
                 weighted = self.multi_reward == "weighted_sum_advantages"
+                total_w = sum(rewards.weights[k] for k in rewards.parts)
                 adv = sum(
-                    (rewards.weights[k] if weighted else 1.0) * self.normalize(part, plan, prompts)
+                    (rewards.weights[k] / total_w if weighted else 1.0) * self.normalize(part, plan, prompts)
                     for k, part in rewards.parts.items()
                 )
         else:

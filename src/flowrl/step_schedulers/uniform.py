@@ -31,13 +31,12 @@ SELECTIONS = ("random_per_sample", "first")
 
 def update_schedule(cfg: dict | None, trained=None, per_sample=None, seed: int = 0) -> UpdateSchedule:
     """An UpdateSchedule from a method's `update:` config block ({step_every, samples_per_step,
-    steps_per_rollout, shuffle}) and the trained jumps."""
+    steps_per_rollout, shuffle, drop_zero_advantage}) and the trained jumps."""
     cfg = dict(cfg or {})
-    unknown = set(cfg) - {"step_every", "samples_per_step", "steps_per_rollout", "shuffle"}
+    known = ("step_every", "samples_per_step", "steps_per_rollout", "shuffle", "drop_zero_advantage")
+    unknown = set(cfg) - set(known)
     if unknown:
-        raise ValueError(
-            f"unknown update keys {sorted(unknown)}; known: step_every, samples_per_step, steps_per_rollout, shuffle"
-        )
+        raise ValueError(f"unknown update keys {sorted(unknown)}; known: {', '.join(known)}")
     return UpdateSchedule(
         trained=None if trained is None else tuple(trained),
         per_sample=per_sample,
@@ -45,6 +44,7 @@ def update_schedule(cfg: dict | None, trained=None, per_sample=None, seed: int =
         samples_per_step=cfg.get("samples_per_step"),
         steps_per_rollout=int(cfg.get("steps_per_rollout", 1)),
         shuffle=bool(cfg.get("shuffle", False)),
+        drop_zero_advantage=bool(cfg.get("drop_zero_advantage", False)),
         seed=seed,
     )
 
