@@ -43,8 +43,8 @@ def test_every_group_option_composes(rel):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("toy_*.yaml")))
 def test_toy_experiments_share_one_budget_and_lr(name):
-    # The toy comparison is only fair at equal budgets: NFE per iteration (the papers' count)
-    # within 10% of E-GRPO's, the same effective lr, the same iterations and evaluation.
+    # The toy comparison is only fair at equal budgets: the same NFE budget per run, NFE per
+    # iteration (the papers' count) within 10% of E-GRPO's, the same effective lr and evaluation.
     from hydra.utils import instantiate
 
     def budget(cfg):
@@ -56,7 +56,7 @@ def test_toy_experiments_share_one_budget_and_lr(name):
     assert cfg.method.name == name.removeprefix("toy_")
     assert abs(budget(cfg) / budget(ref) - 1) <= 0.1, (budget(cfg), budget(ref))
     assert cfg.method.lr * cfg.train.lr_scale == ref.method.lr * ref.train.lr_scale
-    assert (cfg.train.iterations, cfg.val.samples_per_prompt) == (ref.train.iterations, ref.val.samples_per_prompt)
+    assert cfg.budget.nfe == ref.budget.nfe == 48000 and cfg.val.samples_per_prompt == ref.val.samples_per_prompt
 
 
 def test_reward_group_matches_registry(tmp_path):

@@ -243,11 +243,12 @@ def _dance_reference(it: Iteration, accum_divisor: int | None = None):
     1e-8) with torch's default UNBIASED std; clamped to +-adv_clip_max in the loss (L589-593).
     Trained steps, L505-570: the last transition is dropped, each sample draws its own
     randperm(T-1) and trains its first int((T-1) * timestep_fraction) entries (the draw: the plan's).
-    Update, L571-613: for each sample i (batch 1), for each of its trained steps: recompute the
-    log-prob, loss = max(-A r, -A clip(r)) / (gradient_accumulation_steps * train_timesteps),
-    backward; when (i+1) % gradient_accumulation_steps == 0: clip_grad_norm_, optimizer.step,
-    zero_grad. `accum_divisor` replaces gradient_accumulation_steps in the loss divisor only (the
-    negative control)."""
+    Update, L571-613: for each sample i (batch 1) of the rank, for each of its trained steps:
+    recompute the log-prob, loss = max(-A r, -A clip(r)) / (gradient_accumulation_steps *
+    train_timesteps), backward; when (i+1) % gradient_accumulation_steps == 0: clip_grad_norm_,
+    optimizer.step, zero_grad, the gradients averaged over the ranks by FSDP.
+    `accum_divisor` replaces gradient_accumulation_steps in the loss divisor only (the negative
+    control)."""
     from flowrl.sampling import dance_sde_step
 
     cfg, g, n_samples = it.cfg, it.plan.group_size, it.num_samples
@@ -264,38 +265,53 @@ def _dance_reference(it: Iteration, accum_divisor: int | None = None):
     assert (mask.sum(1) == train_timesteps).all() and not mask[:, t - 1].any()  # never the last step
     gas = cfg.gradient_accumulation_steps
     divisor = (accum_divisor or gas) * train_timesteps
+    # One prompt per GPU (finetune_flux_grpo.sh): each prompt's G samples are one rank's samples.
+    # Every rank loops over its own samples; at each accumulation boundary FSDP has averaged the
+    # ranks' gradients (their mean) and every rank steps: global step o = the o-th
+    # gradient_accumulation_steps samples of every rank.
     model, norms, steps = it.reference_policy(), [], 0
     step = _sgd_step(model, norms)
-    for i in range(n_samples):
-        for j in torch.nonzero(mask[i]).flatten().tolist():
-            x, x_next, old = it.sde_sample(i, j)
-            v = _v1(model, x, it.sigmas[j], it.ro, i // g)
-            lp = dance_sde_step(
-                x.unsqueeze(0), v, it.sigmas[j], it.sigmas[j + 1], eta=cfg.noise_level, prev_sample=x_next.unsqueeze(0)
-            ).log_prob
-            loss = _ppo(adv[i], torch.exp(lp - old), cfg.clip_eps).mean() / divisor
-            loss.backward()
-        if (i + 1) % gas == 0:
-            step()
-            steps += 1
+    params = [p for p in model.parameters() if p.requires_grad]
+    ranks = n_samples // (cfg.prompts_per_rank * g)
+    per_rank = cfg.prompts_per_rank * g
+    for o in range(per_rank // gas):
+        rank_grads = []
+        for r in range(ranks):
+            for i in range(r * per_rank + o * gas, r * per_rank + (o + 1) * gas):  # this rank's samples, in order
+                for j in torch.nonzero(mask[i]).flatten().tolist():
+                    x, x_next, old = it.sde_sample(i, j)
+                    v = _v1(model, x, it.sigmas[j], it.ro, i // g)
+                    lp = dance_sde_step(
+                        x.unsqueeze(0), v, it.sigmas[j], it.sigmas[j + 1], eta=cfg.noise_level, prev_sample=x_next.unsqueeze(0)
+                    ).log_prob
+                    loss = _ppo(adv[i], torch.exp(lp - old), cfg.clip_eps).mean() / divisor
+                    loss.backward()
+            rank_grads.append([p.grad.clone() for p in params])
+            for p in params:
+                p.grad = None
+        for k, p in enumerate(params):  # the all-reduce: the mean over ranks
+            p.grad = sum(rg[k] for rg in rank_grads) / ranks
+        step()
+        steps += 1
     return adv, model, steps, norms
 
 
 def test_dancegrpo_parity():
-    # T 5: per sample a random int(4 * 0.6) = 2 of the first 4 steps; 2 prompts x G 3 = 6 samples,
-    # a step every 2 samples -> 3 optimizer steps (the script's 24 / 12 = 2 at S8 scale).
-    it = Iteration("dancegrpo", ["num_steps=5", "group_size=3", "gradient_accumulation_steps=2"], PROMPTS, reward="bright")
+    # T 5: per sample a random int(4 * 0.6) = 2 of the first 4 steps; 2 prompts (= 2 emulated GPUs,
+    # one prompt each as finetune_flux_grpo.sh) x G 4, a step every 2 samples of each GPU -> 2
+    # optimizer steps (the script's 12 / 4 = 3 at its scale), each over 2 x 2 samples.
+    it = Iteration("dancegrpo", ["num_steps=5", "group_size=4", "gradient_accumulation_steps=2"], PROMPTS, reward="bright")
     adv, ref, steps, norms = _dance_reference(it)
     flow_adv = _adv_sde(it)
     torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=1e-6, atol=1e-6)
-    assert steps == 3
+    assert steps == 2 == it.stats.optimizer_steps
     assert it.check_update(ref, steps, norms) <= 1
 
 
 def test_dancegrpo_wrong_normalisation_is_caught():
     # Negative control: the same reference with the loss divided by train_timesteps only (no
     # / gradient_accumulation_steps) scales every SGD step by 2; the comparison must fail.
-    it = Iteration("dancegrpo", ["num_steps=5", "group_size=3", "gradient_accumulation_steps=2"], PROMPTS, reward="bright")
+    it = Iteration("dancegrpo", ["num_steps=5", "group_size=4", "gradient_accumulation_steps=2"], PROMPTS, reward="bright")
     _, ref, steps, norms = _dance_reference(it, accum_divisor=1)
     assert _update_error(it.w0, it.policy, ref, steps) > 100
 
@@ -527,9 +543,8 @@ def test_mixgrpo_parity():
     # T 6 -> max_timesteps T - 2 = 4, window 2, the window moves every iteration (iters_per_group
     # 1): iteration 1 uses steps [1, 2] (grpo_states.py progressive, stride 1). One prompt per GPU
     # as the script (train_batch_size 1), G 6, gradient_accumulation_steps 2 -> 3 optimizer steps.
-    # Two rewards, each normalised, summed with weights that sum to 1 (advantage_aggr). The script
-    # normalises its weights to sum 1 (L765-767); flowrl uses them as given, so only weights that
-    # already sum to 1 agree with it.
+    # Two rewards, each normalised, summed with weights that sum to 1 (advantage_aggr; the script
+    # normalises its weights to sum 1, L765-767, as flowrl does: tested below).
     weights = {"bright": 2 / 3, "red": 1 / 3}
     it = Iteration(
         "mixgrpo",
@@ -687,7 +702,7 @@ def test_policy_update_per_step_normalisation_hand_worked():
     sigmas = (0.5, 0.25, 0.0)
     a = torch.tensor([1.0, 0.6, -0.2, 2.0])
     ro, adv = _toy_rollout(torch.ones(4, 2, 3), sigmas, steps, 0.0, [a, a], group_size=2)
-    upd = UpdateSchedule(trained=(0, 1), step_every="samples", samples_per_step=2)
+    upd = UpdateSchedule(trained=(0, 1), step_every="samples", samples_per_step=2, prompts_per_rank=2)  # one rank, 4 samples
     plan = StepPlan("toy", sigmas, 2, "sde", tuple(Jump(i, i + 1, s) for i, s in enumerate(steps)), upd, False)
     model, grads = _ScalarVelocity(0.0), []
 

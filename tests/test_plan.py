@@ -22,8 +22,9 @@ def test_plan_json_dancegrpo(capsys):
     assert out["method"] == "dancegrpo" and out["num_steps"] == 16
     assert out["branches"][0] == {"start": 0, "stop": 1, "sde": "dance", "noise_level": 0.3} and len(out["branches"]) == 16
     assert out["nfe_per_prompt"] == 16 * 12
-    # drawn per sample (train_grpo_flux.py), so no fixed indices; 4 prompts x G 12 / 4 samples per step
-    assert out["trained_step_indices"] is None and out["optimizer_steps_per_iteration"] == 12
+    # drawn per sample (train_grpo_flux.py), so no fixed indices; one prompt per GPU, a step every
+    # 4 of its 12 samples: 3 optimizer steps per iteration
+    assert out["trained_step_indices"] is None and out["optimizer_steps_per_iteration"] == 3
 
 
 def test_plan_json_flowgrpo_with_override(capsys):
@@ -41,7 +42,7 @@ def test_plan_text(capsys):
     main(["method=dancegrpo"])
     text = capsys.readouterr().out
     assert "NFE per prompt         192" in text and "a random 9 of the first 15 steps" in text
-    assert "12 optimizer steps per iteration of 4 prompt(s)" in text
+    assert "3 optimizer steps per iteration of 2 prompt(s)" in text
 
 
 def test_plan_json_every_method_reports_its_update(capsys):

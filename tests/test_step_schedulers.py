@@ -126,18 +126,27 @@ def test_dancegrpo_trains_per_sample_random_steps_from_the_first_t_minus_1():
 
 
 def test_dancegrpo_optimizer_step_every_gradient_accumulation_samples():
-    # finetune_flux_grpo.sh: gradient_accumulation_steps 4, so with 1 prompt x G 12 per rank an
-    # optimizer step after samples 0-3, 4-7, 8-11: 3 steps per rollout, each over 4 x 9 terms
-    # (the loss / (4 x 9) of the script = the mean over the step's terms).
+    # finetune_flux_grpo.sh: 1 prompt x G 12 per GPU, gradient_accumulation_steps 4: each GPU steps
+    # after its samples 0-3, 4-7, 8-11, the gradients averaged over the GPUs: 3 optimizer steps per
+    # iteration, step o over the o-th 4 samples of every prompt, 4 x 9 terms per prompt (the loss /
+    # (4 x 9) of the script, averaged over GPUs = the mean over the step's terms).
     plan = _dancegrpo().plan(0, torch.Generator().manual_seed(0))
-    steps = plan.optimizer_steps(num_prompts=1)
-    assert len(steps) == 3
-    for o, step in enumerate(steps):
-        rows = sorted({r for b in step for r in b.rows.tolist()})
-        assert rows == list(range(4 * o, 4 * o + 4))
-        assert sum(b.rows.numel() for b in step) == 4 * 9
-    assert plan.to_json(1)["optimizer_steps_per_iteration"] == 3
-    assert plan.to_json(2)["optimizer_steps_per_iteration"] == 6
+    for p in (1, 2):
+        steps = plan.optimizer_steps(num_prompts=p)
+        assert len(steps) == 3 and plan.to_json(p)["optimizer_steps_per_iteration"] == 3
+        for o, step in enumerate(steps):
+            rows = sorted({r for b in step for r in b.rows.tolist()})
+            assert rows == [12 * q + 4 * o + k for q in range(p) for k in range(4)]
+            assert sum(b.rows.numel() for b in step) == p * 4 * 9
+    # the 8-GPU LoRA script: 2 prompts per GPU, a step every 12 samples -> 2 steps, one per prompt of each GPU
+    two = _dancegrpo(update={"step_every": "samples", "samples_per_step": 12, "prompts_per_rank": 2}).plan(0)
+    steps = two.optimizer_steps(num_prompts=4)
+    assert [sorted({r for b in st for r in b.rows.tolist()}) for st in steps] == [
+        [*range(0, 12), *range(24, 36)],
+        [*range(12, 24), *range(36, 48)],
+    ]
+    with pytest.raises(ValueError, match="not whole ranks"):
+        two.optimizer_steps(num_prompts=3)
     # 5 does not divide 12: steps over 5, 5 and the remaining 2 samples (the official script would
     # zero the remainder's gradient at the next iteration; flowrl steps on it)
     odd = _dancegrpo(update={"step_every": "samples", "samples_per_step": 5}).plan(0).optimizer_steps(1)

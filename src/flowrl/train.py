@@ -208,8 +208,9 @@ def exit_on_user_error(fn):
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """The run; returns `optimized_metric` of its summary for a sweeper (Optuna) to optimise."""
+    return train(cfg).get(cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

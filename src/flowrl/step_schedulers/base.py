@@ -144,8 +144,12 @@ class UpdateSchedule:
       each sample trains k jumps drawn at random from jumps[:pool] (DanceGRPO).
     step_every:
       "jump": one optimizer step per trained jump, over all its samples (E-GRPO, G²RPO);
-      "samples": a step every `samples_per_step` samples, in sample order (DanceGRPO's and
-        MixGRPO's gradient_accumulation_steps, per rank); a remainder makes a last, smaller step
+      "samples": DanceGRPO's and MixGRPO's gradient_accumulation_steps. Their scripts hold
+        `prompts_per_rank` prompts (x G samples) per GPU, loop over a GPU's samples in order and
+        step every `samples_per_step` of them, the gradients averaged over the GPUs: global step o
+        is the o-th `samples_per_step` samples of every rank. flowrl's P prompts emulate P /
+        prompts_per_rank such ranks (1 prompt per GPU in finetune_flux_grpo.sh and the MixGRPO
+        script: 3 and 4 steps per iteration whatever P). A remainder makes a last, smaller step
         (the official scripts let its gradient be zeroed at the next iteration);
       "rollout": `steps_per_rollout` steps, each over an equal share of the (optionally
         shuffled) samples and every trained jump (Flow-GRPO: 2; DenseGRPO: 1).
@@ -158,6 +162,7 @@ class UpdateSchedule:
     per_sample: tuple[int, int] | None = None
     step_every: str = "rollout"
     samples_per_step: int | None = None
+    prompts_per_rank: int = 1
     steps_per_rollout: int = 1
     shuffle: bool = False
     drop_zero_advantage: bool = False
@@ -170,8 +175,10 @@ class UpdateSchedule:
             raise ValueError(f"step_every must be one of {STEP_EVERY}, got {self.step_every!r}")
         if self.step_every == "samples" and (self.samples_per_step is None or self.samples_per_step < 1):
             raise ValueError(f"step_every 'samples' needs samples_per_step >= 1, got {self.samples_per_step}")
-        if self.steps_per_rollout < 1:
-            raise ValueError(f"steps_per_rollout must be >= 1, got {self.steps_per_rollout}")
+        if self.steps_per_rollout < 1 or self.prompts_per_rank < 1:
+            raise ValueError(
+                f"steps_per_rollout and prompts_per_rank must be >= 1, got {self.steps_per_rollout}, {self.prompts_per_rank}"
+            )
         if self.per_sample is not None and not 1 <= self.per_sample[0] <= self.per_sample[1]:
             raise ValueError(f"per_sample (k, pool) needs 1 <= k <= pool, got {self.per_sample}")
 
@@ -182,7 +189,7 @@ class UpdateSchedule:
     def to_dict(self) -> dict:
         out = {"step_every": self.step_every}
         if self.step_every == "samples":
-            out["samples_per_step"] = self.samples_per_step
+            out |= {"samples_per_step": self.samples_per_step, "prompts_per_rank": self.prompts_per_rank}
         if self.step_every == "rollout":
             out |= {"steps_per_rollout": self.steps_per_rollout, "shuffle": self.shuffle}
         if self.drop_zero_advantage:
@@ -310,9 +317,20 @@ class StepPlan:
         if u.shuffle:
             order = torch.randperm(m, generator=torch.Generator().manual_seed(u.seed + 1))
         if u.step_every == "samples":
-            # where samples_per_step does not divide the samples, the last step takes the rest
-            # (the official scripts zero those gradients at the next iteration: unintended waste)
-            parts = order.split(u.samples_per_step)
+            if num_prompts % u.prompts_per_rank:
+                raise ValueError(
+                    f"{self.method}: {num_prompts} prompts per iteration are not whole ranks of "
+                    f"prompts_per_rank {u.prompts_per_rank} (train.prompts_per_step must be a multiple of it)"
+                )
+            # every emulated rank's samples in order, split every samples_per_step: step o is the
+            # o-th split of each rank. Where samples_per_step does not divide a rank's samples the
+            # last step takes the rest (the official scripts zero those gradients at the next
+            # iteration: unintended waste).
+            ranks = [
+                order[r : r + u.prompts_per_rank * self.group_size] for r in range(0, m, u.prompts_per_rank * self.group_size)
+            ]
+            per_rank = [rank.split(u.samples_per_step) for rank in ranks]
+            parts = [torch.cat([splits[o] for splits in per_rank]) for o in range(len(per_rank[0]))]
         else:
             if u.steps_per_rollout > m:
                 raise ValueError(f"{self.method}: steps_per_rollout {u.steps_per_rollout} > {m} start states")

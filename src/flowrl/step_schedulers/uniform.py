@@ -31,9 +31,9 @@ SELECTIONS = ("random_per_sample", "first")
 
 def update_schedule(cfg: dict | None, trained=None, per_sample=None, seed: int = 0) -> UpdateSchedule:
     """An UpdateSchedule from a method's `update:` config block ({step_every, samples_per_step,
-    steps_per_rollout, shuffle, drop_zero_advantage}) and the trained jumps."""
+    prompts_per_rank, steps_per_rollout, shuffle, drop_zero_advantage}) and the trained jumps."""
     cfg = dict(cfg or {})
-    known = ("step_every", "samples_per_step", "steps_per_rollout", "shuffle", "drop_zero_advantage")
+    known = ("step_every", "samples_per_step", "prompts_per_rank", "steps_per_rollout", "shuffle", "drop_zero_advantage")
     unknown = set(cfg) - set(known)
     if unknown:
         raise ValueError(f"unknown update keys {sorted(unknown)}; known: {', '.join(known)}")
@@ -42,6 +42,7 @@ def update_schedule(cfg: dict | None, trained=None, per_sample=None, seed: int =
         per_sample=per_sample,
         step_every=cfg.get("step_every", "rollout"),
         samples_per_step=cfg.get("samples_per_step"),
+        prompts_per_rank=int(cfg.get("prompts_per_rank", 1)),
         steps_per_rollout=int(cfg.get("steps_per_rollout", 1)),
         shuffle=bool(cfg.get("shuffle", False)),
         drop_zero_advantage=bool(cfg.get("drop_zero_advantage", False)),
