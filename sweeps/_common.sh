@@ -3,8 +3,9 @@
 # which runs `python -m flowrl.train -m <overrides>` with:
 #   - logger.experiment_name=<name> sweep=<name>: one MLflow experiment per question, each run
 #     tagged sweep=<name> (EXPERIMENT=mine, or the argument logger.experiment_name=mine, renames it);
-#   - $LENGTH, the run-length override (default train.iterations=30; a budget such as
-#     LENGTH=budget.nfe=200000 once budgets exist);
+#   - $LENGTH, the run-length override: default budget.nfe=100000 (model evaluations as
+#     flowrl.plan counts them, the same for every point, so equal cost; ~30 E-GRPO iterations on
+#     the tiny model), or e.g. LENGTH=train.iterations=30, LENGTH=budget.wall_s=600;
 #   - seeds $SEEDS (default 0,1,2), where the script sweeps seeds;
 #   - LAUNCHER=joblib (local, N_JOBS parallel runs, default: the number of cores) or LAUNCHER=slurm
 #     (conf/hydra/launcher/slurm.yaml); default: one run after the other in one process;
@@ -25,14 +26,16 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_OFFLINE="${TRANSFORMER
 
 SMOKE="${SMOKE:-0}"
 SEEDS="${SEEDS:-$([[ "$SMOKE" == 1 ]] && echo 0 || echo 0,1,2)}"
-LENGTH="${LENGTH:-$([[ "$SMOKE" == 1 ]] && echo train.iterations=1 || echo train.iterations=30)}"
+LENGTH="${LENGTH:-$([[ "$SMOKE" == 1 ]] && echo train.iterations=1 || echo budget.nfe=100000)}"
 
-# Tiny sizes: one iteration of one prompt, G 4, 4 steps, one held-out sample per prompt. A
+# Tiny sizes: one iteration of one prompt (no budget, also where a preset sets one), G 4, 4 steps,
+# one held-out sample per prompt. A
 # method's own knobs that must shrink with them are set with `++` (added, unused, where a method
 # lacks the knob) so that one list fits every method: E-GRPO's / G²RPO's branch steps, MixGRPO's
 # window, and the samples per optimizer step of DanceGRPO (4) and MixGRPO (3), which must divide
 # the 4 samples of a rollout. A new method that fails under SMOKE=1 adds its shrink here.
 SMOKE_OVERRIDES=(
+  budget.nfe=null
   train.prompts_per_step=1
   method.group_size=4
   method.num_steps=4

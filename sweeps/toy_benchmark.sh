@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The toy benchmark on the shipped tiny model: every method at one rollout budget per iteration
-# (the experiment=toy_<method> presets: ~2,200 NFE per iteration, the same lr, trained on the
-# tiny_clip proxy, evaluated on held-out prompts on shapes (ground truth), tiny_clip and jpeg)
-# x seeds 0,1,2, logged to the experiment toy_benchmark. The full study (one NFE budget per run
-# for every method, plus E-GRPO's tau, G and clip eps ablations, with its README in
-# experiments/toy-benchmark/) replaces this line once run lengths are budgets.
+# The toy benchmark on the shipped tiny model (experiments/toy-benchmark/README.md): every method's
+# experiment=toy_<method> preset (faithful defaults, one NFE budget per run: 48,000, the same lr,
+# trained on the tiny_clip proxy, evaluated on held-out prompts on shapes (ground truth), tiny_clip
+# and jpeg at 0/25/50/75/100% of the budget) x seeds 0,1,2, into the experiment toy_benchmark.
+# E-GRPO's ablations at the same budget are the tau / group_size / clip_eps sweeps on the same
+# preset (the README gives the three commands).
+LENGTH="${LENGTH:-$([[ "${SMOKE:-0}" == 1 ]] && echo train.iterations=1 || echo budget.nfe=48000)}"
 source "$(dirname "$0")/_common.sh"
 flowrl_sweep toy_benchmark "experiment=${EXPERIMENTS:-$(all_toy_experiments)}" "seed=$SEEDS" "$LENGTH" "$@"

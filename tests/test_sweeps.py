@@ -46,21 +46,23 @@ def test_every_question_has_a_sweep():
 def test_sweep_command(name):
     argv = _command(name)
     assert _last(argv, "logger.experiment_name") == name and _last(argv, "sweep") == name
-    assert _last(argv, "train.iterations") == "30" and _last(argv, "seed") == "0,1,2"
+    budget = "48000" if name == "toy_benchmark" else "100000"  # one NFE budget for every point: equal cost
+    assert _last(argv, "budget.nfe") == budget and _last(argv, "seed") == "0,1,2"
     assert not (SMOKE_KEYS - {"method.group_size"}) & {_key(o) for o in argv}  # full sizes
     assert _last(argv, "hydra.sweep.dir").startswith(f"multirun/{name}/")
     # SMOKE=1 shrinks every size the sweep itself does not sweep; the sweep's own values win
     smoke = _command(name, SMOKE="1")
     assert _last(smoke, "train.iterations") == "1" and _last(smoke, "seed") == "0"
+    assert _last(smoke, "budget.nfe") == "null"  # no budget, also where a preset sets one
     assert _last(smoke, "method.num_steps") == "4" and _last(smoke, "val.samples_per_prompt") == "1"
     swept = {_key(o) for o in argv}
     for o in smoke:
-        if _key(o) in swept and _key(o) not in ("train.iterations", "seed"):
+        if _key(o) in swept and _key(o) not in ("train.iterations", "budget.nfe", "seed"):  # the length, the seeds
             assert _last(smoke, _key(o)) == _last(argv, _key(o)), o  # not shrunk: it is what is swept
     # the experiment, the length, the seeds and the launcher are overridable; extra args come last
     mine = _command(name, "logger.experiment_name=mine", "trainer.val_check_interval=5", LENGTH="budget.nfe=1000", SEEDS="3,4")
     assert _last(mine, "logger.experiment_name") == "mine" and mine[-1] == "trainer.val_check_interval=5"
-    assert _last(mine, "budget.nfe") == "1000" and _last(mine, "train.iterations") is None and _last(mine, "seed") == "3,4"
+    assert _last(mine, "budget.nfe") == "1000" and _last(mine, "seed") == "3,4"
     assert _last(_command(name, EXPERIMENT="other"), "logger.experiment_name") == "other"
     parallel = _command(name, LAUNCHER="joblib", N_JOBS="2")
     assert _last(parallel, "hydra/launcher") == "joblib" and _last(parallel, "hydra.launcher.n_jobs") == "2"
