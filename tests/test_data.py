@@ -69,7 +69,9 @@ def test_prompt_data(tmp_path):
     f.write_text("# comment\na cat\n\n  a dog  \n")
     assert read_prompt_file(f) == ["a cat", "a dog"]
     assert file_prompts(str(f), str(f)).val == ["a cat", "a dog"]
-    with pytest.raises(FileNotFoundError, match="prompt file not found"):
+    from flowrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prompt file=.*not found"):
         read_prompt_file(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match="train set is empty"):
         PromptData(train=[], val=["x"])

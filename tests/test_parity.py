@@ -116,7 +116,8 @@ def _sgd_step(model, norms: list[float]):
     params = list(model.transformer.parameters())
     opt = torch.optim.SGD(params, lr=LR)
 
-    def step():
+    def step(cause=None):  # policy_update's step_fn protocol: a cause means drop the gradients
+        assert cause is None, cause
         norms.append(float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)))
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -664,7 +665,7 @@ def test_kl_form_hand_worked(kl_form, kl, grad):
     plan = StepPlan("toy", (0.5, 0.25), 1, "sde", (Jump(0, 1, step),), UpdateSchedule(trained=(0,)), False)
     model, grads = _ScalarVelocity(1.0), []
 
-    def step_fn():
+    def step_fn(cause=None):
         grads.append(float(model.theta.grad))
         model.theta.grad = None
 
@@ -706,7 +707,7 @@ def test_policy_update_per_step_normalisation_hand_worked():
     plan = StepPlan("toy", sigmas, 2, "sde", tuple(Jump(i, i + 1, s) for i, s in enumerate(steps)), upd, False)
     model, grads = _ScalarVelocity(0.0), []
 
-    def step_fn():
+    def step_fn(cause=None):
         grads.append(float(model.theta.grad))
         model.theta.grad = None
 
@@ -734,7 +735,7 @@ def test_flowgrpo_drops_samples_with_zero_advantage_hand_worked():
         plan = StepPlan("toy", (0.5, 0.25), 2, "sde", (Jump(0, 1, step),), upd, False)
         model, got = _ScalarVelocity(0.0), []
 
-        def step_fn(model=model, got=got):
+        def step_fn(cause=None, model=model, got=got):
             got.append(float(model.theta.grad))
             model.theta.grad = None
 

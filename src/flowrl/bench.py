@@ -210,10 +210,12 @@ def compose_method(method: str, overrides: list[str]) -> MethodSetup:
 def optimizer_step_fn(model, opt, grad_clip: float):
     """What GRPOModule does after each of the plan's optimizer steps, without Lightning."""
 
-    def step():
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-        opt.step()
+    def step(cause=None):
+        if cause is None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+            opt.step()
         opt.zero_grad(set_to_none=True)
+        return cause
 
     return step
 

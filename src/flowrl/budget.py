@@ -6,9 +6,9 @@
 
 The run stops after the iteration that reaches the budget (so at most one iteration over it) and
 evaluates the held-out prompts at fixed fractions of it: 0 (before training) and 100% (after)
-as every run does, and 25 / 50 / 75% in between, each logged with the NFE spent
-(`val/nfe_total`), so that curves of different methods share an x-axis. Every iteration logs
-`perf/nfe_total`, `perf/reward_queries_total` and `perf/wall_total`.
+as every run does, and 25 / 50 / 75% in between (flowrl.run_control), each logged with the NFE
+spent (`val/nfe_total`), so that curves of different methods share an x-axis. Every iteration
+logs `perf/nfe_total`, `perf/reward_queries_total` and `perf/wall_total`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Budget:
     def max_iterations(self, cost_per_iteration: dict[str, float]) -> int:
         """Iterations the prompt sampler yields. NFE and reward queries per iteration are the
         plan's, so the run is exactly the iterations that reach the budget; a wall-clock budget
-        gets a cap it will not reach and the run is stopped (BudgetCallback)."""
+        gets a cap it will not reach and the run is stopped (flowrl.run_control)."""
         if self.kind == "wall_s":
             return 10**7
         return math.ceil(self.amount / cost_per_iteration[self.kind])
@@ -61,25 +61,3 @@ class Budget:
 def iteration_cost(plan, num_prompts: int) -> dict[str, float]:
     b = plan.budget()
     return {"nfe": b["nfe_per_prompt"] * num_prompts, "reward_queries": b["reward_queries_per_prompt"] * num_prompts}
-
-
-def budget_callback(budget: Budget, val_prompts: list[str], fractions=FRACTIONS):
-    """A Lightning callback: after each iteration, evaluate at each budget fraction crossed, and
-    stop a wall-clock run once its budget is spent (Lightning then runs its validation once
-    more: that is the run's final evaluation). (Defined on use: Lightning imports in ~10 s.)"""
-    from lightning.pytorch.callbacks import Callback
-
-    class BudgetCallback(Callback):
-        def __init__(self):
-            self.pending = sorted(fractions)
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            used = budget.spent(module) / budget.amount
-            crossed = [f for f in self.pending if used >= f]
-            self.pending = [f for f in self.pending if used < f]
-            if crossed and used < 1.0:  # one evaluation for the fractions one iteration crossed;
-                module.evaluate(list(val_prompts))  # at 100% the final evaluation is the run's own
-            if used >= 1.0 and budget.kind == "wall_s":
-                trainer.should_stop = True
-
-    return BudgetCallback()

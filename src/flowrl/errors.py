@@ -34,3 +34,23 @@ def require_path(what: str, path: str | Path | None, where: str, hint: str = "",
     if not ok:
         raise CheckpointNotFound(what, p, where, hint)
     return p
+
+
+class ConfigError(UserFacingError):
+    """A config value that cannot run: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value, allowed: str):
+        super().__init__(f"{key}={value}: {allowed}")
+        self.key = key
+
+
+class RewardFailed(UserFacingError):
+    """The reward model raised during training; the run ends FAILED, its checkpoints kept."""
+
+
+class TrainingDiverged(UserFacingError):
+    """Too many consecutive updates were skipped for non-finite values (train.max_consecutive_skips)."""
+
+
+class CheckpointFailed(UserFacingError):
+    """A checkpoint a stop request asked for could not be written (e.g. a full disk)."""

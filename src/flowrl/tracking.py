@@ -172,11 +172,13 @@ def build_mlflow_logger(
     tracking_uri: str | None = None,
     tags: dict | None = None,
     log_model: bool = False,
+    run_id: str | None = None,
 ):
     """A RunLogger (Lightning MLFlowLogger) on the resolved tracking uri (the Hydra target of conf/logger).
 
     Without an explicit uri Lightning would fall back to a ./mlruns file store, which MLflow
-    refuses; the run itself is created lazily, on the first use of `.experiment` / `.run_id`."""
+    refuses; the run itself is created lazily, on the first use of `.experiment` / `.run_id`.
+    `run_id` continues an existing run (a resumed training)."""
     uri = resolve_tracking_uri(tracking_uri)
     with sqlite_store_lock(uri):
         from mlflow.tracking import MlflowClient
@@ -189,7 +191,28 @@ def build_mlflow_logger(
         tracking_uri=uri,
         tags={str(k): str(v) for k, v in (tags or {}).items()},
         log_model=log_model,
+        run_id=run_id,
     )
+
+
+def reopen_run(logger) -> None:
+    """A resumed run: its MLflow run RUNNING again, and the steps it logged after its checkpoint
+    (it may have been killed later) not logged twice: the resumed run recomputes them exactly."""
+    client, run_id = logger.experiment, logger.run_id
+    client.update_run(run_id, status="RUNNING")
+    history = client.get_metric_history(run_id, "perf/iteration_s")  # logged every iteration
+    logger.skip_through = max((m.step for m in history), default=-1)
+
+
+def first_logged(logger, prefix: str) -> dict[str, float]:
+    """{key: value at its first step} of a run's metrics under `prefix` (a resumed run's "before")."""
+    client, run_id = logger.experiment, logger.run_id
+    out = {}
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith(prefix):
+            history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+            out[key] = history[0].value
+    return out
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -250,6 +273,13 @@ def _run_logger_class():
         FINISHED after that first validation; a run killed later (OOM, SIGKILL, a lost node) then
         reads FINISHED in the MLflow UI with an end time minutes before its last metric. Here the
         run stays RUNNING until `end_run`: a run that never ends cleanly is visibly unfinished."""
+
+        skip_through = -1  # a resumed run: steps up to here are in the store already
+
+        def log_metrics(self, metrics, step=None) -> None:
+            if step is not None and step <= self.skip_through:
+                return
+            super().log_metrics(metrics, step)
 
         def finalize(self, status: str = "success") -> None:  # noqa: ARG002 - Lightning's hook, ignored on purpose
             """Nothing: metrics are written synchronously; the run ends in end_run()."""

@@ -7,6 +7,10 @@ all call `policy_update`.
                 forward with grad -> log-probs -> GRPO loss (+ KL) -> backward(loss * share)
         grad clip, optimizer step                                # step_fn
 
+Numerical guard: a non-finite log-prob or loss in an optimizer step's chunks skips that whole
+step (its gradients are dropped: `step_fn("log_prob")`); `step_fn(None)` applies the step and may
+itself refuse non-finite gradients. Nothing non-finite reaches the weights.
+
 Every optimizer step's loss is the mean over its terms (one per trained (sample, jump)):
 DanceGRPO's loss / (gradient_accumulation_steps x trained steps), E-GRPO's and G²RPO's mean
 over the G samples of one timestep, Flow-GRPO's accumulation over minibatches and timesteps
@@ -47,7 +51,8 @@ class LossConfig:
 class UpdateStats:
     """What one policy update did: its optimizer steps and the loss metrics of every chunk."""
 
-    optimizer_steps: int = 0
+    optimizer_steps: int = 0  # applied
+    skipped: list[str] = field(default_factory=list)  # the cause of each skipped optimizer step
     terms: int = 0  # trained (sample, jump) terms
     rows: int = 0  # start states through a training forward / backward
     metrics: list[dict] = field(default_factory=list)  # one per chunk, in order
@@ -64,15 +69,16 @@ def policy_update(
     plan,
     rollout: Rollout,
     advantages: list[torch.Tensor],
-    step_fn: Callable[[], None],
+    step_fn: Callable[[str | None], str | None],
     loss: LossConfig,
     max_batch: int = 64,
     backward: Callable[[torch.Tensor], None] | None = None,
     reference_mean: Callable | None = None,
 ) -> UpdateStats:
     """Train the plan's jumps of one rollout. `advantages`: one [M_j, K_j] tensor per jump (the
-    step scheduler's output, in the jump sets' layout). `step_fn()` clips and applies the
-    accumulated gradients and zeroes them (the caller owns the optimizer, grad clipping, EMA).
+    step scheduler's output, in the jump sets' layout). `step_fn(None)` clips and applies the
+    accumulated gradients and zeroes them (the caller owns the optimizer, grad clipping, EMA), or
+    returns the cause why it did not (non-finite gradients); `step_fn(cause)` must drop them.
     `backward(loss)` defaults to loss.backward() (Lightning passes manual_backward).
     `reference_mean(rollout, jump_set, rows)` gives the reference policy's transition mean for the KL term
     (needed when loss.kl_beta > 0)."""
@@ -89,17 +95,20 @@ def policy_update(
     for o, step in enumerate(plan.optimizer_steps(rollout.num_prompts)):
         k_of = {b.jump: rollout.jump_sets[b.jump].x_next.shape[1] for b in step}
         n_terms = sum(int(_kept(keep, b.rows).sum()) * k_of[b.jump] for b in step)
-        first_ratios = []
+        first_ratios, bad = [], None
         for block in step:
             js = rollout.jump_sets[block.jump]
             adv = advantages[block.jump].to(js.log_prob.device)  # [M, K]
             for sl in chunks(block.rows.numel(), max_batch):  # the rollout's chunks of these rows
                 rows = block.rows[sl]
                 kept = _kept(keep, rows).repeat_interleave(k_of[block.jump])  # [rows * K]
-                if not kept.any():
+                if bad is not None or not kept.any():
                     continue
                 idx = rows.to(js.log_prob.device)
                 out = jump_log_prob(model, rollout, js, rows)  # the whole chunk: the rollout's batch
+                if not torch.isfinite(out.log_prob).all():
+                    bad = "log_prob"
+                    continue
                 kl = {}
                 if loss.kl_beta > 0:
                     ref = reference_mean(rollout, js, rows)
@@ -116,16 +125,22 @@ def policy_update(
                     kl_beta=loss.kl_beta,
                     **kl,
                 )
+                if not torch.isfinite(res.loss):
+                    bad = "loss"
+                    continue
                 n = int(kept.sum())
                 backward(res.loss * (n / n_terms))
                 stats.metrics.append(res.metrics())
                 stats.rows += rows.numel()
                 if o == 0:
                     first_ratios.append(float(res.ratio_mean) * n)
-        step_fn()
-        stats.optimizer_steps += 1
+        cause = step_fn(bad)
+        if cause is None:
+            stats.optimizer_steps += 1
+        else:
+            stats.skipped.append(cause)
         stats.terms += n_terms
-        if o == 0 and n_terms:
+        if o == 0 and n_terms and first_ratios:
             stats.first_step_ratio_mean = sum(first_ratios) / n_terms
     return stats
 

@@ -26,9 +26,11 @@ def shapes_prompts(train_split: str = "train", val_split: str = "heldout") -> Pr
 
 def read_prompt_file(path: str | Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
-    path = Path(path)
+    from flowrl.errors import ConfigError
+
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
+        raise ConfigError("prompt file", path, "not found (one prompt per line: data.train_file, data.val_file)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 

@@ -86,6 +86,11 @@ def _text_encoders(path: Path, dtype: torch.dtype, max_sequence_length: int):
     return load, encode
 
 
+def check_files(path) -> Path:
+    """The checkpoint directory load_flux reads, checked without loading anything (flowrl.schema)."""
+    return check_pipeline_dir(path, "FLUX.1-dev", REPO, "FluxPipeline", COMPONENTS)
+
+
 def load_flux(
     path: str | None = None,
     device: str = "auto",
@@ -105,7 +110,7 @@ def load_flux(
 ) -> FluxModel:
     """Hydra entry point (`model=flux_dev`). `path`: a local diffusers FLUX.1 directory; checked
     (CheckpointNotFound) before diffusers is imported. See conf/model/flux_dev.yaml for the options."""
-    root = check_pipeline_dir(path, "FLUX.1-dev", REPO, "FluxPipeline", COMPONENTS)
+    root = check_files(path)
     from diffusers import FluxTransformer2DModel
 
     opts = {k: v for k, v in locals().items() if k not in ("path", "root")}

@@ -214,6 +214,14 @@ class TinyFluxModel(FlowModel):
         return model.eval()
 
 
+def check_files(path) -> None:
+    """A directory written by flowrl.pretrain --out, when one is given (null: the shipped weights)."""
+    from flowrl.errors import CheckpointNotFound
+
+    if path not in (None, "") and not (Path(path).expanduser() / "transformer").is_dir():
+        raise CheckpointNotFound("tiny_flux", path, "python -m flowrl.pretrain --out <dir>", "no transformer/ folder in it")
+
+
 def load_tiny_flux(path: str | None = None, device: str = "cpu", lora=None) -> TinyFluxModel:
     """Hydra entry point (`model=tiny_flux`): the shipped weights, or a directory given by path.
     `lora` ({rank, alpha, target_modules}) attaches a fresh LoRA adapter (flowrl.models.lora)."""

@@ -61,6 +61,7 @@ class GRPOModule(L.LightningModule):
         loss: LossConfig | None = None,
         val: ValConfig | None = None,
         seed: int = 0,
+        max_consecutive_skips: int = 10,
     ):
         super().__init__()
         self.model = model
@@ -82,6 +83,11 @@ class GRPOModule(L.LightningModule):
         self.reward_queries_total = 0
         self.wall_total = 0.0  # seconds spent in training iterations (held-out evaluations excluded)
         self.evaluated_at = -1  # iterations completed at the last held-out evaluation
+        self.last_eval: dict[str, float] = {}
+        self.skipped_updates = 0  # optimizer steps skipped for a non-finite value, in all
+        self.consecutive_skips = 0
+        self.max_consecutive_skips = int(max_consecutive_skips)
+        self.resume_optimizer_state: dict | None = None  # a checkpoint's, loaded at fit start
         # Reference policy for the KL term: the adapter disabled (LoRA), or a frozen copy of the
         # initial weights (full fine-tune; cheap for the tiny model, a second copy for real ones).
         needs_copy = self.loss_cfg.kl_beta > 0 and not getattr(model, "has_adapter", False)
@@ -101,9 +107,33 @@ class GRPOModule(L.LightningModule):
         return list(model.transformer.parameters())
 
     def on_fit_start(self):
-        """Under DDP every rank gets its own rollout noise (rank 0 keeps the single-device stream)."""
-        if self.global_rank:
+        """Under DDP every rank gets its own rollout noise (rank 0 keeps the single-device stream);
+        a resumed run's optimizer state goes into the optimizer Lightning just built."""
+        if self.global_rank and self.iteration == 0:
             self.generator.manual_seed(self.seed + 1_000_003 * self.global_rank)
+        if self.resume_optimizer_state is not None:
+            self.optimizers().optimizer.load_state_dict(self.resume_optimizer_state)
+            self.resume_optimizer_state = None
+
+    PROGRESS = (
+        "iteration",
+        "optimizer_steps_done",
+        "nfe_total",
+        "reward_queries_total",
+        "wall_total",
+        "evaluated_at",
+        "skipped_updates",
+        "consecutive_skips",
+    )
+
+    def progress_state(self) -> dict:
+        """The counters the next iteration depends on (a checkpoint's state.json)."""
+        return {k: getattr(self, k) for k in self.PROGRESS} | {"last_eval": dict(self.last_eval)}
+
+    def load_progress_state(self, state: dict) -> None:
+        for k in self.PROGRESS:
+            setattr(self, k, type(getattr(self, k))(state[k]))
+        self.last_eval = dict(state.get("last_eval", {}))
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -113,8 +143,16 @@ class GRPOModule(L.LightningModule):
 
     # ---- training -------------------------------------------------------------------------
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """The trained reward's parts for a chunk of images (the engine calls this per chunk)."""
-        return self.reward.components(images, prompts)
+        """The trained reward's parts for a chunk of images (the engine calls this per chunk). A
+        reward model that raises ends the run with its error in one line (RewardFailed)."""
+        from flowrl.errors import RewardFailed
+
+        try:
+            return self.reward.components(images, prompts)
+        except Exception as err:
+            raise RewardFailed(
+                f"reward {self.reward.name!r} failed in iteration {self.iteration + 1}: {type(err).__name__}: {err}"
+            ) from err
 
     def rollout(self, prompts: list[str], plan) -> tuple[Rollout, RewardScores]:
         """Sample `plan` under the current policy (no grad) and score every image it asks for."""
@@ -135,21 +173,33 @@ class GRPOModule(L.LightningModule):
         rollout_s = time.perf_counter() - start
         # 3. group-relative advantages, one [M_j, K_j] tensor per jump (the jump sets' layout)
         adv = self.step_scheduler.advantages(scores, plan, prompts)
-        # 4. the policy update: the plan's trained jumps, its optimizer steps
+        # 4. the policy update: the plan's trained jumps, its optimizer steps; a non-finite
+        # reward, advantage, log-prob, loss or gradient skips the update it would enter
         self.model.train()
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        stats = policy_update(
-            self.model,
-            plan,
-            ro,
-            adv,
-            step_fn=lambda: self._optimizer_step(opt),
-            loss=self.loss_cfg,
-            max_batch=self.max_batch,
-            backward=self.manual_backward,
-            reference_mean=self._ref_mean if self.loss_cfg.kl_beta > 0 else None,
-        )
+        bad_input = "reward" if not torch.isfinite(scores.total).all() else None
+        if bad_input is None and not all(torch.isfinite(a).all() for a in adv):
+            bad_input = "advantage"
+        if bad_input is not None:
+            from flowrl.update import UpdateStats
+
+            n_steps = len(plan.optimizer_steps(len(prompts)))
+            stats = UpdateStats(skipped=[bad_input] * n_steps)
+            for _ in range(n_steps):
+                self._skip(bad_input)
+        else:
+            stats = policy_update(
+                self.model,
+                plan,
+                ro,
+                adv,
+                step_fn=lambda cause: self._optimizer_step(opt, cause),
+                loss=self.loss_cfg,
+                max_batch=self.max_batch,
+                backward=self.manual_backward,
+                reference_mean=self._ref_mean if self.loss_cfg.kl_beta > 0 else None,
+            )
         # 5. what it cost and metrics (namespaced), at step = iterations completed
         budget = plan.budget()
         self.iteration += 1
@@ -158,6 +208,9 @@ class GRPOModule(L.LightningModule):
         self.wall_total += time.perf_counter() - start
         flat_adv = torch.cat([a.flatten() for a in adv])
         metrics = stats.mean_metrics()
+        metrics["train/skipped_updates"] = float(self.skipped_updates)
+        for cause in set(stats.skipped):
+            metrics[f"train/skipped/{cause}"] = float(stats.skipped.count(cause))
         for name, part in scores.parts.items():
             metrics[f"train/reward/{name}"] = part.mean().item()
         metrics.update(
@@ -165,7 +218,9 @@ class GRPOModule(L.LightningModule):
                 "train/reward_std": scores.total.std().item(),
                 "train/adv_std": flat_adv.std().item(),
                 "train/adv_abs_mean": flat_adv.abs().mean().item(),
-                "train/first_step_ratio_mean": stats.first_step_ratio_mean,
+                "train/first_step_ratio_mean": stats.first_step_ratio_mean
+                if stats.first_step_ratio_mean is not None
+                else float("nan"),
                 "perf/nfe": float(ro.nfe),
                 "perf/forwards": float(ro.forwards),
                 "perf/optimizer_steps": float(stats.optimizer_steps),
@@ -176,11 +231,16 @@ class GRPOModule(L.LightningModule):
                 "perf/iteration_s": time.perf_counter() - start,
             }
         )
+        if stats.skipped and hasattr(self.logger, "run_id"):
+            self.logger.experiment.set_tag(
+                self.logger.run_id, "last_skip_cause", f"{stats.skipped[-1]} (iteration {self.iteration})"
+            )
         if self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.iteration)
+            self.logger.log_metrics({k: v for k, v in metrics.items() if v == v}, step=self.iteration)  # NaN: left out
+        self._check_divergence()
         # bar only; MLflow gets train/reward/<name>
         self.log("reward", scores.total.mean().item(), prog_bar=True, logger=False, batch_size=len(prompts))
-        if batch_idx % max(1, self.val_cfg.train_grid_every) == 0 and hasattr(self.logger, "run_id"):
+        if (self.iteration - 1) % max(1, self.val_cfg.train_grid_every) == 0 and hasattr(self.logger, "run_id"):
             from flowrl.tracking import log_image_grid
 
             log_image_grid(self.logger, ro.images[: self.val_cfg.grid_prompts * 4], "train", step=self.iteration, nrow=8)
@@ -194,7 +254,17 @@ class GRPOModule(L.LightningModule):
             logger.experiment.log_dict(logger.run_id, record, "calibration.json")
         return record
 
-    def _optimizer_step(self, opt) -> None:
+    def _optimizer_step(self, opt, cause: str | None = None) -> str | None:
+        """policy_update's step_fn: clip and apply the accumulated gradients, unless a cause is
+        given or the gradients are not finite: then drop them. Returns why it skipped, or None."""
+        if cause is None:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).norm()):
+                cause = "gradient"
+        if cause is not None:
+            opt.zero_grad(set_to_none=True)
+            self._skip(cause)
+            return cause
         if self.optim.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
@@ -202,6 +272,23 @@ class GRPOModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update(self.optimizer_steps_done)
         self.optimizer_steps_done += 1
+        self.consecutive_skips = 0
+        return None
+
+    def _skip(self, cause: str) -> None:
+        self.skipped_updates += 1
+        self.consecutive_skips += 1
+        self.last_skip_cause = cause
+
+    def _check_divergence(self) -> None:
+        from flowrl.errors import TrainingDiverged
+
+        if self.max_consecutive_skips > 0 and self.consecutive_skips >= self.max_consecutive_skips:
+            raise TrainingDiverged(
+                f"{self.consecutive_skips} consecutive updates skipped for non-finite values (last: "
+                f"{self.last_skip_cause} in iteration {self.iteration}); train.max_consecutive_skips is "
+                f"{self.max_consecutive_skips}; the weights never took a non-finite update and the last checkpoint is kept"
+            )
 
     @torch.no_grad()
     def _ref_mean(self, ro: Rollout, js, rows: torch.Tensor) -> torch.Tensor:
@@ -231,7 +318,7 @@ class GRPOModule(L.LightningModule):
                 self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch
             )
         means = {name: reward(images, rows).mean().item() for name, reward in self.eval_rewards.items()}
-        self.evaluated_at = self.iteration
+        self.evaluated_at, self.last_eval = self.iteration, dict(means)
         if self.logger is not None:
             metrics = {f"val/reward/{name}": v for name, v in means.items()}
             self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)

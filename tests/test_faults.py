@@ -1,0 +1,473 @@
+"""Faults a days-long run meets, each tried for real: a kill and a resume (bit for bit), NaN, a
+failing reward, a full disk while checkpointing, bad configs through the real CLI, a failing job
+and a SIGTERM inside a sweep."""
+
+import glob
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from flowrl.train import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TIMING = ("perf/rollout_s", "perf/iteration_s", "perf/wall_total")  # the only metrics a rerun may change
+
+SMALL = [
+    "train.iterations=4",
+    "train.prompts_per_step=2",
+    "method.group_size=3",
+    "method.num_steps=4",
+    "val.samples_per_prompt=1",
+    "val.num_steps=4",
+    "trainer.val_check_interval=2",
+    "train.checkpoint_every=0",
+]
+
+
+def _cfg(tmp_path, name, *overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={tmp_path / name}",
+                f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                f"logger.experiment_name={name}",
+                *SMALL,
+                *overrides,
+            ],
+        )
+
+
+def _client(tmp_path):
+    import mlflow
+
+    return mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def _run(tmp_path, name):
+    client = _client(tmp_path)
+    return client.search_runs([client.get_experiment_by_name(name).experiment_id])[0]
+
+
+def _histories(tmp_path, name) -> dict[str, list[tuple[int, float]]]:
+    client, run = _client(tmp_path), _run(tmp_path, name)
+    out = {}
+    for key in run.data.metrics:
+        if key not in TIMING:
+            out[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+    return out
+
+
+def _final_weights(tmp_path, name) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(glob.glob(str(tmp_path / name / "final_model" / "**" / "*.safetensors"), recursive=True)):
+        out.update({f"{Path(f).name}:{k}": v for k, v in load_file(f).items()})
+    assert out, f"no final model under {tmp_path / name}"
+    return out
+
+
+def _sigterm_at(monkeypatch, iteration: int):
+    """A real SIGTERM to this process right after `iteration` (in the module's training step)."""
+    from flowrl.modules.grpo_module import GRPOModule
+
+    step = GRPOModule.training_step
+
+    def step_then_signal(self, batch, batch_idx):
+        out = step(self, batch, batch_idx)
+        if self.iteration == iteration:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(GRPOModule, "training_step", step_then_signal)
+
+
+# ---- 1. kill and resume ----------------------------------------------------------------------
+
+RESUME_CASES = {
+    # E-GRPO, full fine-tune (the make train default, shrunk)
+    "full": ["method=egrpo", "method.num_branch_steps=2"],
+    # Flow-GRPO with a LoRA adapter, its KL to the disabled adapter and its EMA (0.5, every 2 steps)
+    "lora": [
+        "method=flowgrpo",
+        "+model.lora.rank=4",
+        "+model.lora.alpha=8",
+        "+model.lora.target_modules=[to_q,to_k,to_v,to_out.0]",
+        "method.ema.decay=0.5",
+        "method.ema.every=2",
+    ],
+    # DenseGRPO after its calibration (psi is scheduler state), checkpoints every iteration
+    "dense_calibrated": [
+        "method=densegrpo",
+        "method.calibration.iterations=2",
+        "method.calibration.num_samples=3",
+        "train.checkpoint_every=1",
+    ],
+    # MixGRPO: the window (scheduler state) moves every iteration; DanceGRPO-style accumulation
+    "mixgrpo": [
+        "method=mixgrpo",
+        "method.num_steps=6",
+        "method.window_size=2",
+        "method.iters_per_group=1",
+        "method.gradient_accumulation_steps=1",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, case):
+    from flowrl.run_control import Preempted
+    from flowrl.train import train
+
+    extra = RESUME_CASES[case]
+    train(_cfg(tmp_path, "whole", *extra))
+    _sigterm_at(monkeypatch, 2)
+    with pytest.raises(Preempted, match="SIGTERM after iteration 2"):
+        train(_cfg(tmp_path, "cut", *extra))
+    monkeypatch.undo()
+    assert _run(tmp_path, "cut").info.status == "KILLED"
+    ckpts = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir())
+    assert ckpts[-1] == "iter_000002" and not any(p.endswith(".tmp") for p in ckpts)
+    train(_cfg(tmp_path, "cut", *extra, f"resume={tmp_path / 'cut'}"))
+
+    run = _run(tmp_path, "cut")
+    assert run.info.status == "FINISHED"  # the same MLflow run, RUNNING again, then FINISHED
+    whole, cut = _final_weights(tmp_path, "whole"), _final_weights(tmp_path, "cut")
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole), "final weights differ"
+    hw, hc = _histories(tmp_path, "whole"), _histories(tmp_path, "cut")
+    assert hw.keys() == hc.keys()
+    for key in hw:  # every metric, step for step and bit for bit (NaN == NaN)
+        assert [(s, v if v == v else "nan") for s, v in hw[key]] == [(s, v if v == v else "nan") for s, v in hc[key]], key
+    steps = [s for s, _ in hc["train/loss"]]
+    assert steps == [1, 2, 3, 4]  # no duplicated metric steps
+
+
+@pytest.mark.slow
+def test_cli_sigterm_marks_killed_and_resume_continues_the_same_run(tmp_path):
+    # The real CLI: SIGTERM while training -> the iteration finishes, a checkpoint is written, the
+    # MLflow run reads KILLED; `resume=<run dir>` continues the same run to FINISHED.
+    out = tmp_path / "run"
+    args = [
+        PY,
+        "-m",
+        "flowrl.train",
+        f"hydra.run.dir={out}",
+        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "logger.experiment_name=cli",
+        *[a for a in SMALL if not a.startswith("train.iterations")],
+        "train.iterations=30",
+        "method.num_branch_steps=2",
+    ]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client, deadline = _client(tmp_path), time.time() + 240
+    while time.time() < deadline:  # wait until the first iteration is logged
+        time.sleep(1)
+        exp = client.get_experiment_by_name("cli") if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "perf/iteration_s"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0, text
+    assert "checkpointed, run KILLED" in text and f"resume={out}" in text, text[-2000:]
+    run = _run(tmp_path, "cli")
+    assert run.info.status == "KILLED"
+    done = int(client.get_run(run.info.run_id).data.tags["last_checkpoint"].rsplit("_", 1)[1])
+    assert 1 <= done < 30
+    proc = subprocess.run(
+        [PY, "-m", "flowrl.train", f"resume={out}", "train.iterations=" + str(done + 1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, done + 2))  # once each, the resumed one included
+
+
+# ---- 2. numerical guards ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_nan_reward_skips_the_update_and_never_touches_the_weights(tmp_path, monkeypatch):
+    from flowrl.modules.grpo_module import GRPOModule
+    from flowrl.train import train
+
+    # NaN in the rewards of iteration 2 only (the reward's 2nd call is that iteration's rollout:
+    # the held-out evaluations use the eval rewards): its 8 optimizer steps are skipped.
+    weights = {}
+    step = GRPOModule.training_step
+
+    def record(self, batch, batch_idx):
+        out = step(self, batch, batch_idx)
+        weights[self.iteration] = torch.nn.utils.parameters_to_vector(self.model.transformer.parameters()).detach().clone()
+        return out
+
+    monkeypatch.setattr(GRPOModule, "training_step", record)
+    sys.path.insert(0, str(Path(__file__).parent))
+    cfg = _cfg(
+        tmp_path,
+        "nanreward",
+        "method.num_branch_steps=2",
+        "reward=shapes",
+        "reward._target_=fault_helpers.NaNShapesReward",
+        "+reward.nan_at=2",
+        "+reward.until=3",
+    )
+    train(cfg)
+    assert torch.equal(weights[2], weights[1])  # the NaN iteration changed nothing
+    assert not torch.equal(weights[3], weights[2])  # training went on
+    h = _histories(tmp_path, "nanreward")
+    assert dict(h["train/skipped_updates"])[2] == 2 and dict(h["train/skipped/reward"])[2] == 2
+    assert dict(h["train/skipped_updates"])[4] == 2  # no more after it
+    run = _run(tmp_path, "nanreward")
+    assert run.info.status == "FINISHED" and run.data.tags["last_skip_cause"] == "reward (iteration 2)"
+
+
+@pytest.mark.slow
+def test_nan_gradients_skip_and_too_many_end_the_run_failed(tmp_path, monkeypatch):
+    from flowrl.errors import TrainingDiverged
+
+    # A model whose training forward returns NaN (rollouts stay finite): every update is skipped,
+    # cause log_prob; once train.max_consecutive_skips (3) is reached (checked after each iteration,
+    # of 2 optimizer steps here: 4) the run stops FAILED, its checkpoint kept.
+    from flowrl.models.tiny_flux import TinyFluxModel
+    from flowrl.train import train
+
+    velocity = TinyFluxModel.velocity
+
+    def nan_when_training(self, x, sigma, embeds):
+        v = velocity(self, x, sigma, embeds)
+        return v * float("nan") if torch.is_grad_enabled() else v
+
+    monkeypatch.setattr(TinyFluxModel, "velocity", nan_when_training)
+    cfg = _cfg(tmp_path, "diverge", "method.num_branch_steps=2", "train.max_consecutive_skips=3", "train.checkpoint_every=1")
+    with pytest.raises(TrainingDiverged, match=r"4 consecutive updates skipped .*last: log_prob in iteration 2"):
+        train(cfg)
+    run = _run(tmp_path, "diverge")
+    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
+    assert (tmp_path / "diverge" / "checkpoints" / "iter_000001").is_dir()  # kept
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "diverge" / "checkpoints" / "iter_000001" / "trainable.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+@pytest.mark.slow
+def test_failing_reward_ends_failed_with_one_line_and_keeps_the_checkpoint(tmp_path):
+    # The reward's 3rd call (iteration 3's rollout) raises: the CLI prints one line, exits 2, the
+    # run is FAILED with the error as a tag, and the checkpoint of iteration 2 is there.
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    args = [
+        PY,
+        "-m",
+        "flowrl.train",
+        f"hydra.run.dir={out}",
+        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "logger.experiment_name=reward",
+        *SMALL,
+        "method.num_branch_steps=2",
+        "train.checkpoint_every=1",
+        "reward=shapes",
+        "reward._target_=fault_helpers.FailingShapesReward",
+        "+reward.fail_at=3",
+    ]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "flowrl: reward 'shapes' failed in iteration 3: ConnectionError: reward server unreachable", proc.stderr[
+        -2000:
+    ]
+    assert "Traceback" not in proc.stderr
+    run = _run(tmp_path, "reward")
+    assert run.info.status == "FAILED" and "reward server unreachable" in run.data.tags["error"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_000001", "iter_000002"]
+
+
+@pytest.mark.slow
+def test_full_disk_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch):
+    import flowrl.checkpoint as ck
+    from flowrl.train import train
+
+    # The 2nd checkpoint write hits ENOSPC: the run goes on, reports it (stderr and a tag), the
+    # 1st checkpoint is intact, no half-written one is left, and the 3rd and 4th are written.
+    real, calls = ck.torch.save, []
+
+    def save(obj, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(ck.torch, "save", save)
+    train(_cfg(tmp_path, "disk", "method.num_branch_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=5"))
+    names = sorted(p.name for p in (tmp_path / "disk" / "checkpoints").iterdir())
+    assert names == ["iter_000001", "iter_000003", "iter_000004"]
+    run = _run(tmp_path, "disk")
+    assert run.info.status == "FINISHED"
+    assert "after iteration 2 failed" in run.data.tags["checkpoint_error"] and "iter_000001" in run.data.tags["checkpoint_error"]
+
+
+# ---- 3. bad configs: one line, exit 2, fast, through the real CLI --------------------------------
+
+BAD = [
+    (["method=no_such_method"], "method=no_such_method: unknown method (known: dancegrpo"),
+    (["reward=no_such_reward"], "reward=no_such_reward: unknown reward"),
+    (["model=no_such_model"], "model=no_such_model: unknown model"),
+    (["method.tau=-1"], "method.tau=-1: must be >= 0"),
+    (["method.group_size=1"], "method.group_size=1: must be >= 2 (a group-relative advantage needs a group)"),
+    (["method=dancegrpo", "method.clip_eps=0"], "method.clip_eps=0: must be > 0"),
+    (["method.noise_level=-0.1"], "method.noise_level=-0.1: must be >= 0"),
+    (["method.num_branch_steps=17"], "method.num_branch_steps=17: at most method.num_steps (16)"),
+    (["method=densegrpo", "method.dense_horizon=11"], "method.dense_horizon=11: at most method.num_steps (10)"),
+    (["train.iterations=0"], "train.iterations=0: must be >= 1"),
+    (["train.prompts_per_step=0"], "train.prompts_per_step=0: must be >= 1"),
+    (
+        ["model=flux_dev", "model.path=/nonexistent"],
+        "FLUX.1-dev checkpoint not found: /nonexistent (get it from huggingface.co/black-forest-labs/FLUX.1-dev; no such directory",
+    ),
+    (["data=files", "data.train_file=/nope.txt", "data.val_file=/nope.txt"], "data.train_file=/nope.txt: no such prompt file"),
+    (["reward=hps", "paths.models=/nonexistent"], "HPS v2.1 checkpoint not found"),
+    (["resume=/nonexistent"], "resume=/nonexistent: not a run output directory"),
+    # incompatible combinations
+    (["budget.nfe=1000", "budget.wall_s=60"], "budget: set one of nfe, reward_queries, wall_s"),
+    (
+        ["method=dancegrpo", "train.prompts_per_step=3", "method.prompts_per_rank=2"],
+        "train.prompts_per_step=3: a multiple of method.prompts_per_rank (2)",
+    ),
+    (["method.dense_horizon=3"], "method.dense_horizon: not a key of this config"),
+    (["method=mixgrpo", "method.window_size=24"], "method.window_size=24: at most method.num_steps - 2 (23"),
+    (["method.merge=diagonal"], "method=egrpo: merge must be 'adaptive' or 'fixed'"),
+    (["-m", "method.tau=1.8,-2"], "method.tau=-2: must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("args, line", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_config_is_one_line_exit_2_in_under_5_s(tmp_path, args, line):
+    start = time.perf_counter()
+    proc = subprocess.run([PY, "-m", "flowrl.train", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    took = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flowrl: ") and line in lines[0], proc.stderr[-2000:]
+    assert proc.stdout == ""
+    assert took < 5, f"{took:.1f} s"
+    assert not (tmp_path / "mlflow.db").exists()  # nothing started
+
+
+def test_hydra_full_error_keeps_the_traceback(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(
+        [PY, "-m", "flowrl.train", "method.tau=-1"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+# ---- 4. sweeps that survive -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_failing_job_is_failed_and_the_others_finish(tmp_path, launcher):
+    # Two jobs of one multirun; the second's reward raises in its 2nd iteration (fault_helpers). The
+    # job is FAILED in MLflow with its error, the other one FINISHED, the sweep's exit status non-zero.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    args = [
+        PY,
+        "-m",
+        "flowrl.train",
+        "-m",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "logger.experiment_name=sweep",
+        *[a for a in SMALL if not a.startswith("train.iterations")],
+        "train.iterations=2",
+        "method.num_branch_steps=2",
+        "reward=shapes",
+        "reward._target_=fault_helpers.FailingShapesReward",
+        "+reward.fail_at=1000000,2",  # job 0 never fails, job 1 in its 2nd iteration
+    ]
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    status = sorted(r.info.status for r in runs)
+    assert status == ["FAILED", "FINISHED"], (status, proc.stderr[-3000:])
+    failed = next(r for r in runs if r.info.status == "FAILED")
+    assert "reward server unreachable" in failed.data.tags["error"]
+    assert proc.returncode != 0  # the sweep reports that a job failed
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_sweep_checkpoints_and_kills_the_running_job(tmp_path):
+    args = [
+        PY,
+        "-m",
+        "flowrl.train",
+        "-m",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "logger.experiment_name=sweep",
+        *[a for a in SMALL if not a.startswith("train.iterations")],
+        "train.iterations=40",
+        "method.num_branch_steps=2",
+        "seed=0,1",
+    ]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client, deadline = _client(tmp_path), time.time() + 240
+    while time.time() < deadline:
+        time.sleep(1)
+        exp = client.get_experiment_by_name("sweep") if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "perf/iteration_s"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=240)
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"], text[-2000:]  # the second job never started
+    assert list((tmp_path / "multirun" / "0" / "checkpoints").iterdir()), text[-2000:]
+
+
+def test_checkpoint_loads_without_unpickling(tmp_path):
+    # flowrl's checkpoints are safetensors + JSON + an optimizer state torch.load reads with
+    # weights_only=True (no code runs on load).
+    import json
+
+    from flowrl.checkpoint import save_checkpoint
+
+    class _M:
+        pass
+
+    m = _M()
+    m.model = torch.nn.Linear(3, 2)
+    m.iteration, m.ema, m.generator = 3, None, torch.Generator().manual_seed(0)
+    m.step_scheduler = type("S", (), {"state_dict": lambda self: {"start": 1}})()
+    m.progress_state = lambda: {"iteration": 3}
+    opt = torch.optim.AdamW(m.model.parameters(), lr=1e-3)
+    m.model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    path = save_checkpoint(m, opt, tmp_path, "run-1", {"seed": 0}, keep=2)
+    state = torch.load(path / "optimizer.pt", weights_only=True)
+    assert set(state) == {"state", "param_groups"}
+    meta = json.loads((path / "state.json").read_text())
+    assert (
+        meta["mlflow_run_id"] == "run-1"
+        and meta["step_scheduler"] == {"start": 1}
+        and math.isfinite(meta["numpy_random"]["cached_gaussian"])
+    )
