@@ -17,11 +17,13 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 class PromptBatches:
     """The train prompts of iterations start, start+1, ..., iterations-1: batch i is P prompts drawn
-    (with replacement) by a generator seeded with (seed, i), so the iteration count alone is the
-    sampler's position (a resumed run draws what the uninterrupted one would have)."""
+    (with replacement) by a generator seeded with (seed, i, rank), so the iteration count alone is
+    the sampler's position (a resumed run draws what the uninterrupted one would have) and every
+    DDP rank has prompts of its own."""
 
-    def __init__(self, prompts, per_step: int, iterations: int, seed: int, start: int = 0):
+    def __init__(self, prompts, per_step: int, iterations: int, seed: int, start: int = 0, rank: int | None = None):
         self.prompts, self.per_step, self.iterations, self.seed, self.start = list(prompts), per_step, iterations, seed, start
+        self.rank = rank  # None: this process's rank, read when a batch is drawn (under DDP, at fit time)
 
     def __len__(self) -> int:
         return max(0, self.iterations - self.start)
@@ -29,7 +31,11 @@ class PromptBatches:
     def __getitem__(self, i: int) -> list[str]:
         import torch
 
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.start + i)
+        from flowrl.distributed import rank_and_world
+
+        rank = rank_and_world()[0] if self.rank is None else self.rank  # under DDP each rank draws its own prompts
+        # (torch's CPU generator keeps only the low 32 bits of a seed: the rank offset must live there)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.start + i + rank * 7_919_993) % 2**32)
         return [self.prompts[j] for j in torch.randint(len(self.prompts), (self.per_step,), generator=g).tolist()]
 
 
@@ -230,6 +236,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from flowrl.budget import Budget, iteration_cost
     from flowrl.checkpoint import load_optimizer_state, restore_module
+    from flowrl.distributed import is_rank_zero
     from flowrl.run_control import Preempted, RunControl, StopRequest
     from flowrl.tracking import first_logged, log_artifact_path, log_run_metadata, reopen_run, run_name
 
@@ -237,10 +244,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if hasattr(model, "precompute_prompts"):  # real backends: embed every prompt once, then free the text encoders
         model.precompute_prompts(list(data.train) + list(data.val))
     logger = instantiate(cfg.logger, run_name=cfg.logger.run_name or run_name(cfg), run_id=ckpt.run_id if ckpt else None)
+    rank_zero = is_rank_zero()  # under DDP: the one process that writes to MLflow and disk
     if ckpt is None:
-        log_run_metadata(logger, cfg, seed=cfg.seed)
+        if rank_zero:
+            log_run_metadata(logger, cfg, seed=cfg.seed)
     else:  # the same MLflow run, RUNNING again; steps it logged after the checkpoint are not logged twice
-        reopen_run(logger)
+        if rank_zero:
+            reopen_run(logger)
         restore_module(module, ckpt)
         module.resume_optimizer_state = load_optimizer_state(ckpt)
     # the run's length: train.iterations, or a budget (then evaluations at fractions of it)
@@ -278,14 +288,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             after = held_out_rewards(trainer, module, val_loader)
     except BaseException as error:  # the MLflow run keeps what was logged, marked FAILED, or KILLED on a signal
         killed = stop.signal_name is not None or isinstance(error, (KeyboardInterrupt, Preempted))
-        logger.experiment.set_tag(logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        logger.end_run("KILLED" if killed else "failed")
+        if is_rank_zero():
+            logger.experiment.set_tag(logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            logger.end_run("KILLED" if killed else "failed")
         if isinstance(error, Preempted):
             print(f"flowrl: {error}; resume with: python -m flowrl.train resume={cfg.paths.output_dir}", file=sys.stderr)
         raise
     finally:
         stop.uninstall()
 
+    summary = {f"before/{k}": v for k, v in before.items()} | {f"after/{k}": v for k, v in after.items()}
+    if not is_rank_zero():  # rank 0 saves and ends the run
+        return summary
     out = Path(cfg.paths.output_dir) / "final_model"
     with module.evaluated_weights():  # the EMA weights when method.ema.decay > 0
         if hasattr(model, "save_pretrained"):
@@ -296,7 +310,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             out.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     log_artifact_path(logger, out, "final_model")
-    summary = {f"before/{k}": v for k, v in before.items()} | {f"after/{k}": v for k, v in after.items()}
     for key in sorted(after):
         if key in before:
             print(f"{key:<22} before {before[key]:.4f}   after {after[key]:.4f}")

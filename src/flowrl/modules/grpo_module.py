@@ -28,6 +28,9 @@ from flowrl.sampling.rollout import Rollout, jump_log_prob, rollout
 from flowrl.step_schedulers.base import RewardScores
 from flowrl.update import LossConfig, policy_update
 
+LOSS_METRICS = ("train/loss", "train/policy_loss", "train/kl_loss", "train/ratio_mean", "train/clip_frac", "train/approx_kl")
+SKIP_CAUSES = ("reward", "advantage", "log_prob", "loss", "gradient")  # why an optimizer step was skipped
+
 
 @dataclass
 class OptimConfig:
@@ -202,15 +205,18 @@ class GRPOModule(L.LightningModule):
             )
         # 5. what it cost and metrics (namespaced), at step = iterations completed
         budget = plan.budget()
+        world = self.trainer.world_size if self._trainer is not None else 1  # every rank spends its own
         self.iteration += 1
-        self.nfe_total += budget["nfe_per_prompt"] * len(prompts)
-        self.reward_queries_total += budget["reward_queries_per_prompt"] * len(prompts)
+        self.nfe_total += budget["nfe_per_prompt"] * len(prompts) * world
+        self.reward_queries_total += budget["reward_queries_per_prompt"] * len(prompts) * world
         self.wall_total += time.perf_counter() - start
         flat_adv = torch.cat([a.flatten() for a in adv])
-        metrics = stats.mean_metrics()
+        # one fixed set of keys (under DDP every rank all-reduces the same vector): NaN where a
+        # quantity does not exist this iteration (all its updates skipped); NaNs are not logged
+        metrics = dict.fromkeys(LOSS_METRICS, float("nan")) | stats.mean_metrics()
         metrics["train/skipped_updates"] = float(self.skipped_updates)
-        for cause in set(stats.skipped):
-            metrics[f"train/skipped/{cause}"] = float(stats.skipped.count(cause))
+        for cause in SKIP_CAUSES:
+            metrics[f"train/skipped/{cause}"] = float(stats.skipped.count(cause)) if cause in stats.skipped else float("nan")
         for name, part in scores.parts.items():
             metrics[f"train/reward/{name}"] = part.mean().item()
         metrics.update(
@@ -235,6 +241,10 @@ class GRPOModule(L.LightningModule):
             self.logger.experiment.set_tag(
                 self.logger.run_id, "last_skip_cause", f"{stats.skipped[-1]} (iteration {self.iteration})"
             )
+        if self._trainer is not None and self.trainer.world_size > 1:  # scalars only cross ranks: their mean
+            from flowrl.distributed import mean_over_ranks
+
+            metrics = mean_over_ranks(metrics, self.trainer.strategy)
         if self.logger is not None:
             self.logger.log_metrics({k: v for k, v in metrics.items() if v == v}, step=self.iteration)  # NaN: left out
         self._check_divergence()

@@ -1,0 +1,62 @@
+"""Run by tests/test_distributed.py: one E-GRPO iteration on the tiny model with Lightning DDP on 2
+CPU processes (gloo), each rank writing the gradient of its first optimizer step (after DDP's
+all-reduce) to OUT/grad_rank<r>.safetensors. Lightning re-executes this script for rank 1.
+
+    python tests/ddp_check.py OUT
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from flowrl.modules.grpo_module import GRPOModule
+from flowrl.train import CONF_DIR, train
+
+OVERRIDES = [
+    "trainer=ddp",
+    "trainer.devices=2",
+    "trainer.accelerator=cpu",
+    "train.iterations=1",
+    "train.prompts_per_step=1",
+    "train.checkpoint_every=0",
+    "method=egrpo",
+    "method.group_size=3",
+    "method.num_steps=4",
+    "method.num_branch_steps=2",
+    "val.samples_per_prompt=1",
+    "val.num_steps=2",
+    "trainer.val_check_interval=100",
+]
+
+
+def main(out: Path) -> None:
+    step = GRPOModule._optimizer_step
+
+    def recording_step(self, opt, cause=None):
+        path = out / f"grad_rank{self.global_rank}.safetensors"
+        if not path.exists():
+            from safetensors.torch import save_file
+
+            grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+            save_file(grads, str(path))
+        return step(self, opt, cause)
+
+    GRPOModule._optimizer_step = recording_step
+    torch.set_num_threads(1)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                *OVERRIDES,
+                f"paths.output_dir={out / 'run'}",
+                f"logger.tracking_uri=sqlite:///{out}/mlflow.db",
+                "logger.experiment_name=ddp",
+            ],
+        )
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
