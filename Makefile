@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train sample plan bench lint pretrain ui mlflow-ui clean
+.PHONY: help setup test test-fast train sample plan bench bench-gpu gpu-wheels lint pretrain ui mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,13 @@ mlflow-ui: ui ## alias of ui
 
 bench: $(STAMP) ## measured performance ratios, side by side in one run
 	$(PY) -m flowrl.bench
+
+bench-gpu: ## the one-call GPU suite (on a GPU machine: pip install --no-deps wheels/*.whl -e . first); writes experiments/bench/gpu.md
+	$(or $(wildcard $(PY)),python) -m flowrl.bench --suite gpu
+
+gpu-wheels: $(STAMP) ## download what the GPU image lacks (diffusers, hydra-core, omegaconf, antlr4, tabulate) into wheels/
+	$(PY) -m pip download --quiet --no-deps -d wheels $$(grep -E '^(diffusers|hydra-core|omegaconf|antlr4-python3-runtime|tabulate)==' requirements.lock)
+	du -sh wheels
 
 pretrain: $(STAMP) ## regenerate the shipped tiny model and tiny_clip weights (~12 min on 2 cores)
 	$(PY) -m flowrl.pretrain
