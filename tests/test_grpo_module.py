@@ -49,8 +49,9 @@ def _compose(overrides):
         return compose("train", overrides=overrides)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("method", sorted(p.stem for p in (__import__("pathlib").Path(CONF_DIR) / "method").glob("*.yaml")))
-def test_ratio_is_exactly_one_before_first_update(tiny_model, method):
+def test_ratio_is_exactly_one_before_first_update(tiny_model, method, precision):
     # Every term of the first optimizer step re-evaluated with the same weights (train mode, grad
     # on) reproduces the rollout's log-prob bit for bit: ratio = exp(0) = 1 exactly. The engine
     # runs the first step's rows of a jump as chunks of their own and the update uses the same
@@ -60,6 +61,7 @@ def test_ratio_is_exactly_one_before_first_update(tiny_model, method):
 
     sched = _small_scheduler(method)
     plan = sched.plan(0, torch.Generator().manual_seed(0))
+    tiny_model.precision = precision  # bf16 autocast: the same forwards in rollout and training, fp32 step math
     tiny_model.eval()
     ro = rollout(tiny_model, plan, PROMPTS, _shapes_score, torch.Generator().manual_seed(0), max_batch=4)
     tiny_model.train()
@@ -76,6 +78,7 @@ def test_ratio_is_exactly_one_before_first_update(tiny_model, method):
                 assert torch.equal(ratio, torch.ones_like(ratio)), (method, block.jump)
     finally:
         tiny_model.eval()
+        tiny_model.precision = "fp32"
 
 
 def test_rollout_same_initial_noise_and_nfe(tiny_model):

@@ -11,7 +11,7 @@ directory, prompt files, a resume directory) are resolved and must exist.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -109,6 +109,7 @@ class DataSchema(_Open):
 class ModelSchema(_Open):
     path: str | None = None
     lora: dict | None = None
+    precision: Literal["fp32", "bf16-autocast"] | None = None
 
 
 def _first_error(err: ValidationError, group: str, cfg_node) -> tuple[str, Any, str]:

@@ -138,6 +138,8 @@ def silence_known_warnings() -> None:
 
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # bf16 autocast (model.precision): diffusers' RMSNorm keeps fp32 weights, torch says so every forward
+    warnings.filterwarnings("ignore", message=r"Mismatch dtype between input and weight")
     # fit gets no val loader on purpose: flowrl.run_control evaluates inside the loop
     warnings.filterwarnings("ignore", message=r".*`validation_step` but have no `val_dataloader`")
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")

@@ -139,19 +139,26 @@ class TinyFluxModel(FlowModel):
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         return self.text_encoder(list(prompts))
 
+    precision = "fp32"  # "bf16-autocast": the transformer's matmuls in bf16 (load_tiny_flux(precision=...))
+
     def velocity(self, x_t: torch.Tensor, sigma, embeds: PromptEmbeds) -> torch.Tensor:
+        """v [B, *latent] in x_t's dtype. Under bf16 autocast only the transformer's forward runs in
+        bf16; the step and log-prob math that follows stays fp32, and rollout and training call
+        this same function, so the ratio before the first update is still exactly 1."""
         b = x_t.shape[0]
         sigma = torch.as_tensor(sigma, device=x_t.device, dtype=x_t.dtype).reshape(-1).expand(b)
-        # FLUX scales the timestep by 1000 internally, so it takes sigma itself.
-        return self.transformer(
-            hidden_states=x_t,
-            encoder_hidden_states=embeds.prompt_embeds.to(x_t.dtype),
-            pooled_projections=embeds.pooled_prompt_embeds.to(x_t.dtype),
-            timestep=sigma,
-            img_ids=self.img_ids,
-            txt_ids=self.txt_ids,
-            return_dict=False,
-        )[0]
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-autocast"):
+            # FLUX scales the timestep by 1000 internally, so it takes sigma itself.
+            v = self.transformer(
+                hidden_states=x_t,
+                encoder_hidden_states=embeds.prompt_embeds.to(x_t.dtype),
+                pooled_projections=embeds.pooled_prompt_embeds.to(x_t.dtype),
+                timestep=sigma,
+                img_ids=self.img_ids,
+                txt_ids=self.txt_ids,
+                return_dict=False,
+            )[0]
+        return v.to(x_t.dtype)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> clean packed latents x_0 in [-1, 1]."""
@@ -222,12 +229,19 @@ def check_files(path) -> None:
         raise CheckpointNotFound("tiny_flux", path, "python -m flowrl.pretrain --out <dir>", "no transformer/ folder in it")
 
 
-def load_tiny_flux(path: str | None = None, device: str = "cpu", lora=None) -> TinyFluxModel:
+PRECISIONS = ("fp32", "bf16-autocast")
+
+
+def load_tiny_flux(path: str | None = None, device: str = "cpu", lora=None, precision: str = "fp32") -> TinyFluxModel:
     """Hydra entry point (`model=tiny_flux`): the shipped weights, or a directory given by path.
-    `lora` ({rank, alpha, target_modules}) attaches a fresh LoRA adapter (flowrl.models.lora)."""
+    `lora` ({rank, alpha, target_modules}) attaches a fresh LoRA adapter (flowrl.models.lora).
+    `precision`: fp32 | bf16-autocast (the transformer's forwards, rollout and training alike)."""
     from flowrl.models.lora import add_lora, lora_options
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model = TinyFluxModel.from_pretrained(path)
+    model.precision = precision
     if (opts := lora_options(lora)) is not None:
         add_lora(model.transformer, **opts)
     return model.to(device)
