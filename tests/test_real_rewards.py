@@ -512,3 +512,36 @@ def test_scorers_stay_in_eval_mode(ir_files):
     reward.train()
     torch.testing.assert_close(reward(images, PROMPTS[:2]), first)
     assert not reward.training and not reward.text.training
+
+
+def test_bf16_vs_fp32_deviation_of_every_real_reward(open_clip_ckpt, pick_dir, ir_files, capsys):
+    # What bf16 costs each reward model on a tiny random checkpoint in the published layout (the
+    # README's table: `pytest -s -k bf16_vs_fp32`). The held-out evaluation rewards are fp32 by
+    # default (conf/eval_rewards/real.yaml); the trained reward may run bf16 (dtype auto on CUDA).
+    from flowrl.rewards.clipscore import ClipScoreReward
+    from flowrl.rewards.hps import HPSReward
+    from flowrl.rewards.imagereward import ImageRewardModel
+    from flowrl.rewards.pickscore import PickScoreReward
+
+    arch, ckpt, _ = open_clip_ckpt
+    ir_ckpt, ir_tok, _ = ir_files
+    builders = {
+        "hps": lambda dt: HPSReward(ckpt, arch=arch, device="cpu", dtype=dt),
+        "clipscore": lambda dt: ClipScoreReward(ckpt, arch=arch, device="cpu", dtype=dt),
+        "pickscore": lambda dt: PickScoreReward(pick_dir[0], device="cpu", dtype=dt),
+        "imagereward": lambda dt: ImageRewardModel(
+            ir_ckpt, tokenizer=ir_tok, vision_heads=IR_VISION["heads"], device="cpu", dtype=dt
+        ),
+    }
+    images, prompts = _images(8, seed=5), [PROMPTS[i % len(PROMPTS)] for i in range(8)]
+    lines = []
+    for name, build in builders.items():
+        fp32, bf16 = build("float32")(images, prompts), build("bfloat16")(images, prompts)
+        dev = (bf16 - fp32).abs()
+        rel = (dev / fp32.abs().clamp_min(1e-6)).max().item()
+        lines.append(
+            f"{name}: max |bf16 - fp32| {dev.max().item():.4f}, max relative {100 * rel:.1f}%, fp32 range [{fp32.min().item():.3f}, {fp32.max().item():.3f}]"
+        )
+        assert dev.max().item() < 0.1 * max(1.0, fp32.abs().max().item()), lines[-1]
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
