@@ -77,6 +77,18 @@ def _final_weights(tmp_path, name) -> dict[str, torch.Tensor]:
     return out
 
 
+def _wait_for_an_iteration(tmp_path, client, experiment: str, timeout: float = 240) -> None:
+    """Until a run of `experiment` (written by another process) has logged its first iteration."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1)
+        exp = client.get_experiment_by_name(experiment) if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "perf/iteration_s"):
+            return
+    raise AssertionError(f"no iteration of {experiment} logged in {timeout} s")
+
+
 def _sigterm_at(monkeypatch, iteration: int):
     """A real SIGTERM to this process right after `iteration` (in the module's training step)."""
     from flowrl.modules.grpo_module import GRPOModule
@@ -170,13 +182,8 @@ def test_cli_sigterm_marks_killed_and_resume_continues_the_same_run(tmp_path):
         "method.num_branch_steps=2",
     ]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client, deadline = _client(tmp_path), time.time() + 240
-    while time.time() < deadline:  # wait until the first iteration is logged
-        time.sleep(1)
-        exp = client.get_experiment_by_name("cli") if (tmp_path / "mlflow.db").exists() else None
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "perf/iteration_s"):
-            break
+    client = _client(tmp_path)
+    _wait_for_an_iteration(tmp_path, client, "cli")
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=240)
     assert proc.returncode != 0, text
@@ -430,13 +437,8 @@ def test_sigterm_during_a_sweep_checkpoints_and_kills_the_running_job(tmp_path):
         "seed=0,1",
     ]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client, deadline = _client(tmp_path), time.time() + 240
-    while time.time() < deadline:
-        time.sleep(1)
-        exp = client.get_experiment_by_name("sweep") if (tmp_path / "mlflow.db").exists() else None
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "perf/iteration_s"):
-            break
+    client = _client(tmp_path)
+    _wait_for_an_iteration(tmp_path, client, "sweep")
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=240)
     runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
