@@ -50,11 +50,12 @@ mlflow-ui: ui ## alias of ui
 bench: $(STAMP) ## measured performance ratios, side by side in one run
 	$(PY) -m flowrl.bench
 
-bench-gpu: ## the one-call GPU suite (on a GPU machine: pip install --no-deps wheels/*.whl -e . first); writes experiments/bench/gpu.md
+bench-gpu: ## the one-call GPU suite (on a GPU machine: pip install --no-deps wheels/*.whl && pip install --no-deps -e . first); writes experiments/bench/gpu.md
 	$(or $(wildcard $(PY)),python) -m flowrl.bench --suite gpu
 
 gpu-wheels: $(STAMP) ## download what the GPU image lacks (diffusers, hydra-core, omegaconf, antlr4, tabulate) into wheels/
-	$(PY) -m pip download --quiet --no-deps -d wheels $$(grep -E '^(diffusers|hydra-core|omegaconf|antlr4-python3-runtime|tabulate)==' requirements.lock)
+	$(PY) -m pip wheel --quiet --no-deps -w wheels $$(grep -E '^(diffusers|hydra-core|omegaconf|antlr4-python3-runtime|tabulate)==' requirements.lock)
+	rm -f wheels/*.tar.gz
 	du -sh wheels
 
 pretrain: $(STAMP) ## regenerate the shipped tiny model and tiny_clip weights (~12 min on 2 cores)
