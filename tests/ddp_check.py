@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py: one E-GRPO iteration on the tiny model with Lightning DDP on 2
-CPU processes (gloo), each rank writing the gradient of its first optimizer step (after DDP's
-all-reduce) to OUT/grad_rank<r>.safetensors. Lightning re-executes this script for rank 1.
+CPU processes (gloo), each rank writing the gradient of its first optimizer step (after the
+ranks' all-reduce, right before the step) to OUT/grad_rank<r>.safetensors. Lightning re-executes
+this script for rank 1.
 
     python tests/ddp_check.py OUT
 """
@@ -32,18 +33,18 @@ OVERRIDES = [
 
 
 def main(out: Path) -> None:
-    step = GRPOModule._optimizer_step
+    clip = GRPOModule.clip_gradients
 
-    def recording_step(self, opt, cause=None):
+    def recording_clip(self, opt, *args, **kwargs):  # right before opt.step: the ranks' averaged gradient
         path = out / f"grad_rank{self.global_rank}.safetensors"
         if not path.exists():
             from safetensors.torch import save_file
 
             grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
             save_file(grads, str(path))
-        return step(self, opt, cause)
+        return clip(self, opt, *args, **kwargs)
 
-    GRPOModule._optimizer_step = recording_step
+    GRPOModule.clip_gradients = recording_clip
     torch.set_num_threads(1)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(

@@ -71,7 +71,7 @@ def test_ddp_gradient_equals_a_single_process_over_both_ranks_prompts(tmp_path):
     assert (tmp_path / "run" / "final_model").is_dir()  # rank 0 saved
 
     # The single-process reference: the two ranks' rollouts (rank r: prompts drawn with rank r's
-    # seed, noise from the generator seeded seed + 1000003 r, as on_fit_start seeds it), merged
+    # seed, plan and noise from the generator seeded by (seed, iteration 0, rank)), merged
     # into one rollout of both prompts; the first optimizer step's gradient of policy_update (the
     # mean over the union's terms). DDP averaged the two ranks' means: equal term counts, so equal.
     torch.set_num_threads(1)
@@ -81,7 +81,7 @@ def test_ddp_gradient_equals_a_single_process_over_both_ranks_prompts(tmp_path):
     module, data = build_module(cfg)
     rollouts, advantages = [], []
     for rank in (0, 1):
-        module.generator = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)  # what rank r's module draws from
+        module.generator = torch.Generator().manual_seed(module.iteration_seed(0, rank))  # rank r's iteration 0
         plan = module.step_scheduler.plan(0, module.generator)
         prompts = PromptBatches(data.train, cfg.train.prompts_per_step, 1, cfg.seed, rank=rank)[0]
         ro, scores = module.rollout(prompts, plan)

@@ -250,8 +250,8 @@ def test_nan_gradients_skip_and_too_many_end_the_run_failed(tmp_path, monkeypatc
     from flowrl.errors import TrainingDiverged
 
     # A model whose training forward returns NaN (rollouts stay finite): every update is skipped,
-    # cause log_prob; once train.max_consecutive_skips (3) is reached (checked after each iteration,
-    # of 2 optimizer steps here: 4) the run stops FAILED, its checkpoint kept.
+    # cause log_prob; after train.max_consecutive_skips (3) iterations in a row with skipped updates
+    # the run stops FAILED, its last checkpoint kept.
     from flowrl.models.tiny_flux import TinyFluxModel
     from flowrl.train import train
 
@@ -263,14 +263,14 @@ def test_nan_gradients_skip_and_too_many_end_the_run_failed(tmp_path, monkeypatc
 
     monkeypatch.setattr(TinyFluxModel, "velocity", nan_when_training)
     cfg = _cfg(tmp_path, "diverge", "method.num_branch_steps=2", "train.max_consecutive_skips=3", "train.checkpoint_every=1")
-    with pytest.raises(TrainingDiverged, match=r"4 consecutive updates skipped .*last: log_prob in iteration 2"):
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive iterations with updates skipped .*last: log_prob in iteration 3"):
         train(cfg)
     run = _run(tmp_path, "diverge")
     assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
-    assert (tmp_path / "diverge" / "checkpoints" / "iter_000001").is_dir()  # kept
+    assert (tmp_path / "diverge" / "checkpoints" / "iter_000002").is_dir()  # kept
     from safetensors.torch import load_file
 
-    saved = load_file(str(tmp_path / "diverge" / "checkpoints" / "iter_000001" / "trainable.safetensors"))
+    saved = load_file(str(tmp_path / "diverge" / "checkpoints" / "iter_000002" / "trainable.safetensors"))
     assert all(torch.isfinite(v).all() for v in saved.values())
 
 

@@ -293,8 +293,8 @@ def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch
         peer_s = time.perf_counter() - start
         peer_evals, peer_forwards, peer_queries = timed.evals, timed.calls, score.queries
         # the peers' update: a forward (with grad) per trained (sample, step) in their batch sizes,
-        # their optimizer-step placement (the plan's), on the same kind of data
-        peer_adv = sched.advantages(RewardScores.single(reward.name, peer_parts[reward.name]), plan, prompts)
+        # their optimizer-step placement (the plan's), timed on the engine rollout's data (the same
+        # shapes: the cost does not depend on the values)
         model.train()
         start = time.perf_counter()
         policy_update(
@@ -312,7 +312,6 @@ def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch
                 "peer_forwards": peer_forwards,
                 "peer_reward_queries": peer_queries,
                 "peer_reward_shape": tuple(peer_parts[reward.name].shape),
-                "peer_adv_jumps": len(peer_adv),
             }
         )
     engine = min(engine_runs, key=lambda d: d["rollout_s"])  # best of the repeats

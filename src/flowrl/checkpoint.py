@@ -76,7 +76,17 @@ def _trainable(module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in module.model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(module, optimizer, output_dir: str | Path, run_id: str | None, config: dict, keep: int = 2) -> Path:
+def save_checkpoint(
+    module,
+    optimizer,
+    output_dir: str | Path,
+    run_id: str | None,
+    config: dict,
+    keep: int = 2,
+    config_unresolved: dict | None = None,
+    trainable: dict | None = None,
+    optimizer_state: dict | None = None,
+) -> Path:
     """Write the module's training state after `module.iteration` iterations; returns its path.
     Raises OSError (e.g. a full disk) with the earlier checkpoints untouched."""
     from safetensors.torch import save_file
@@ -87,8 +97,9 @@ def save_checkpoint(module, optimizer, output_dir: str | Path, run_id: str | Non
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(module).items()}, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        weights = trainable if trainable is not None else _trainable(module)  # FSDP: gathered by the caller
+        save_file({n: p.detach().cpu().contiguous() for n, p in weights.items()}, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         if module.ema is not None:
             save_file({str(i): s.contiguous() for i, s in enumerate(module.ema.shadow)}, str(tmp / "ema.safetensors"))
         save_file(
@@ -110,6 +121,7 @@ def save_checkpoint(module, optimizer, output_dir: str | Path, run_id: str | Non
             },
             "mlflow_run_id": run_id,
             "config": config,
+            "config_unresolved": config_unresolved,
         }
         (tmp / "state.json").write_text(json.dumps(state))
         if final.exists():

@@ -46,3 +46,31 @@ def fsdp_strategy(wrap: list[str], **kwargs):
     from lightning.pytorch.strategies import FSDPStrategy
 
     return FSDPStrategy(auto_wrap_policy={get_class(path) for path in wrap}, **kwargs)
+
+
+def is_fsdp(trainer) -> bool:
+    return trainer is not None and type(trainer.strategy).__name__ == "FSDPStrategy"
+
+
+def full_trainable_state(module, trainer) -> dict | None:
+    """Under FSDP: the full (unsharded) trainable weights, gathered on every rank by FSDP's own
+    state-dict API (a collective: every rank must call it), returned on rank 0 (CPU), None on the
+    others. Not under FSDP: None (callers read the module's parameters). Untested on GPUs."""
+    if not is_fsdp(trainer):
+        return None
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = trainer.strategy.model
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+        full = root.state_dict()
+    if not trainer.is_global_zero:
+        return None
+    wanted = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    out = {}
+    for key, value in full.items():
+        name = key.split("model.", 1)[1] if key.startswith("model.") or ".model." in key else key
+        name = name.replace("_fsdp_wrapped_module.", "")
+        if name in wanted:
+            out[name] = value
+    return out

@@ -78,18 +78,19 @@ class RunControl:
                 self.spent_before = control.budget.spent(module) if control.budget is not None else None
 
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                if control.due_evaluation(module, self.spent_before):
+                # every decision is every rank's (DDP): a signal or a clock on one rank stops all
+                decide = trainer.strategy.reduce_boolean_decision
+                if decide(control.due_evaluation(module, self.spent_before), all=False):
                     module.evaluate(list(control.val_prompts))
+                stopping = decide(control.stop.signal_name is not None, all=False)
                 every = control.checkpoint_every
-                if control.stop.signal_name is not None or (every > 0 and module.iteration % every == 0):
+                if stopping or (every > 0 and module.iteration % every == 0):
                     control.save(module, trainer)
-                if control.stop.signal_name is not None:
-                    raise Preempted(f"{control.stop.signal_name} after iteration {module.iteration}: checkpointed, run KILLED")
-                if (
-                    control.budget is not None
-                    and control.budget.kind == "wall_s"
-                    and control.budget.spent(module) >= control.budget.amount
-                ):
+                if stopping:
+                    name = control.stop.signal_name or "a signal on another rank"
+                    raise Preempted(f"{name} after iteration {module.iteration}: checkpointed, run KILLED")
+                wall = control.budget is not None and control.budget.kind == "wall_s"
+                if wall and decide(control.budget.spent(module) >= control.budget.amount, all=False):
                     trainer.should_stop = True
 
         return RunControlCallback()

@@ -178,7 +178,11 @@ def resolve_resume(cfg: DictConfig):
             run_dir,
             f"no checkpoint under {run_dir / 'checkpoints'} (a run writes one every train.checkpoint_every iterations and on SIGTERM / SIGINT)",
         )
-    saved = OmegaConf.create(ckpt.state["config"])
+    # the config as composed, interpolations kept, so that an override re-resolves what depends on
+    # it (method.tau feeds method.step_scheduler.tau); the run's own output dir in place of Hydra's
+    resolved = ckpt.state["config"]
+    saved = OmegaConf.create(ckpt.state.get("config_unresolved") or resolved)
+    saved.paths.output_dir = str(resolved["paths"]["output_dir"])
     for key, value in _cli_overrides():
         if key != "resume":
             OmegaConf.update(saved, key, value, merge=True)
@@ -201,18 +205,33 @@ def make_checkpoint_saver(cfg: DictConfig, logger, stop):
     """save(module, trainer): a checkpoint in <output dir>/checkpoints/. A failed periodic one (a
     full disk) is reported and the run goes on with its earlier checkpoints; one a stop request
     asked for ends the run with the error."""
+    from omegaconf import OmegaConf
+
     from flowrl.checkpoint import latest_checkpoint, save_checkpoint
     from flowrl.errors import CheckpointFailed
     from flowrl.tracking import _resolved
 
     config = _resolved(cfg)
+    unresolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]), resolve=False)
 
     def save(module, trainer) -> Path | None:
+        from flowrl.distributed import full_trainable_state, is_fsdp
+
+        full = full_trainable_state(module, trainer)  # FSDP: every rank gathers, rank 0 gets the weights
+        optim = trainer.strategy.optimizer_state(trainer.optimizers[0]) if is_fsdp(trainer) else None
         if not trainer.is_global_zero:
             return None
         try:
             path = save_checkpoint(
-                module, trainer.optimizers[0], cfg.paths.output_dir, logger.run_id, config, cfg.train.keep_checkpoints
+                module,
+                trainer.optimizers[0],
+                cfg.paths.output_dir,
+                logger.run_id,
+                config,
+                cfg.train.keep_checkpoints,
+                unresolved,
+                trainable=full,
+                optimizer_state=optim,
             )
         except OSError as err:
             last = latest_checkpoint(cfg.paths.output_dir)
@@ -226,6 +245,22 @@ def make_checkpoint_saver(cfg: DictConfig, logger, stop):
         return path
 
     return save
+
+
+def _record_failure(logger, cfg: DictConfig, error: BaseException, reward_traceback: str | None) -> None:
+    """The error on the MLflow run (tag `error`) and its full traceback in <output dir>/error.txt
+    (logged as an artifact): the user sees one line, the run keeps the whole story."""
+    import traceback
+
+    text = reward_traceback or "".join(traceback.format_exception(error))
+    logger.experiment.set_tag(logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+    try:
+        path = Path(cfg.paths.output_dir) / "error.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        logger.experiment.log_artifact(logger.run_id, str(path))
+    except OSError:  # a full disk must not hide the original error
+        pass
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -247,40 +282,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model.precompute_prompts(list(data.train) + list(data.val))
     logger = instantiate(cfg.logger, run_name=cfg.logger.run_name or run_name(cfg), run_id=ckpt.run_id if ckpt else None)
     rank_zero = is_rank_zero()  # under DDP: the one process that writes to MLflow and disk
-    if ckpt is None:
-        if rank_zero:
-            log_run_metadata(logger, cfg, seed=cfg.seed)
-    else:  # the same MLflow run, RUNNING again; steps it logged after the checkpoint are not logged twice
-        if rank_zero:
-            reopen_run(logger)
-        restore_module(module, ckpt)
-        module.resume_optimizer_state = load_optimizer_state(ckpt)
-    # the run's length: train.iterations, or a budget (then evaluations at fractions of it)
-    budget = Budget.from_config(cfg.get("budget"))
-    if budget is None:
-        iterations = cfg.train.iterations
-    else:
-        plan = instantiate(cfg.method.step_scheduler).plan(0)  # a fresh instance: plan() may move state
-        iterations = budget.max_iterations(iteration_cost(plan, cfg.train.prompts_per_step))
     stop = StopRequest()
-    control = RunControl(
-        val_prompts=list(data.val),
-        val_every=cfg.trainer.val_check_interval,
-        budget=budget,
-        checkpoint_every=cfg.train.checkpoint_every,
-        save=make_checkpoint_saver(cfg, logger, stop),
-        stop=stop,
-    )
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[control.callback()])
-    train_loader, val_loader = prompt_loaders(data, cfg, iterations, start=module.iteration)
-
-    stop.install()  # SIGTERM / SIGINT: finish the iteration, checkpoint, end KILLED
     try:
+        if ckpt is None:
+            if rank_zero:
+                log_run_metadata(logger, cfg, seed=cfg.seed)
+        else:  # the same MLflow run, RUNNING again; steps it logged after the checkpoint are not logged twice
+            restore_module(module, ckpt)
+            module.resume_optimizer_state = load_optimizer_state(ckpt)
+            if rank_zero:
+                reopen_run(logger)
+        control = RunControl(
+            val_prompts=list(data.val),
+            val_every=cfg.trainer.val_check_interval,
+            budget=Budget.from_config(cfg.get("budget")),
+            checkpoint_every=cfg.train.checkpoint_every,
+            save=make_checkpoint_saver(cfg, logger, stop),
+            stop=stop,
+        )
+        trainer = instantiate(cfg.trainer, logger=logger, callbacks=[control.callback()])
+        # the run's length: train.iterations, or a budget for the whole run (every rank spends its
+        # own share), with evaluations at fractions of it
+        if control.budget is None:
+            iterations = cfg.train.iterations
+        else:
+            plan = instantiate(cfg.method.step_scheduler).plan(0)  # a fresh instance: plan() may move state
+            iterations = control.budget.max_iterations(iteration_cost(plan, cfg.train.prompts_per_step * trainer.world_size))
+        train_loader, val_loader = prompt_loaders(data, cfg, iterations, start=module.iteration)
+        stop.install()  # SIGTERM / SIGINT: finish the iteration, checkpoint, end KILLED
         if ckpt is None:
             module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates (DenseGRPO)
             before = held_out_rewards(trainer, module, val_loader)
         else:
-            before = first_logged(logger, "val/reward/")
+            before = first_logged(logger, "val/reward/") if rank_zero else {}
         if len(train_loader):
             trainer.fit(module, train_loader)  # no val loader: run_control evaluates in the loop
         # the final evaluation, unless the loop just made it (its last iteration was an evaluation point)
@@ -290,8 +324,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             after = held_out_rewards(trainer, module, val_loader)
     except BaseException as error:  # the MLflow run keeps what was logged, marked FAILED, or KILLED on a signal
         killed = stop.signal_name is not None or isinstance(error, (KeyboardInterrupt, Preempted))
-        if is_rank_zero():
-            logger.experiment.set_tag(logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        if rank_zero:
+            _record_failure(logger, cfg, error, getattr(module, "reward_traceback", None))
             logger.end_run("KILLED" if killed else "failed")
         if isinstance(error, Preempted):
             print(f"flowrl: {error}; resume with: python -m flowrl.train resume={cfg.paths.output_dir}", file=sys.stderr)
@@ -300,11 +334,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         stop.uninstall()
 
     summary = {f"before/{k}": v for k, v in before.items()} | {f"after/{k}": v for k, v in after.items()}
-    if not is_rank_zero():  # rank 0 saves and ends the run
+    from flowrl.distributed import full_trainable_state
+
+    gathered = full_trainable_state(module, trainer)  # FSDP only: a collective, every rank takes part
+    if not rank_zero:  # rank 0 saves and ends the run
         return summary
     out = Path(cfg.paths.output_dir) / "final_model"
     with module.evaluated_weights():  # the EMA weights when method.ema.decay > 0
-        if hasattr(model, "save_pretrained"):
+        if gathered is not None:  # FSDP: the gathered weights, as safetensors (load with load_state_dict)
+            from safetensors.torch import save_file
+
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in gathered.items()}, str(out / "trainable.safetensors"))
+        elif hasattr(model, "save_pretrained"):
             model.save_pretrained(out)
         else:
             from safetensors.torch import save_file

@@ -78,7 +78,8 @@ def policy_update(
     """Train the plan's jumps of one rollout. `advantages`: one [M_j, K_j] tensor per jump (the
     step scheduler's output, in the jump sets' layout). `step_fn(None)` clips and applies the
     accumulated gradients and zeroes them (the caller owns the optimizer, grad clipping, EMA), or
-    returns the cause why it did not (non-finite gradients); `step_fn(cause)` must drop them.
+    returns the cause why it did not (non-finite gradients); `step_fn(cause)` must drop them;
+    `step_fn("empty")`: this step had no term (it returns None if it stepped anyway: other ranks).
     `backward(loss)` defaults to loss.backward() (Lightning passes manual_backward).
     `reference_mean(rollout, jump_set, rows)` gives the reference policy's transition mean for the KL term
     (needed when loss.kl_beta > 0)."""
@@ -92,7 +93,10 @@ def policy_update(
     backward = backward or torch.Tensor.backward
     keep = _kept_rows(plan, advantages)  # [M] bool per start state, or None: every term counts
     stats = UpdateStats()
-    for o, step in enumerate(plan.optimizer_steps(rollout.num_prompts)):
+    # with the zero-advantage filter the kept rows are split into the steps (flow_grpo filters, then
+    # batches); where nothing is dropped these are the plan's own steps, the rollout's chunks
+    steps = plan.optimizer_steps(rollout.num_prompts, None if keep is None or bool(keep.all()) else keep)
+    for o, step in enumerate(steps):
         k_of = {b.jump: rollout.jump_sets[b.jump].x_next.shape[1] for b in step}
         n_terms = sum(int(_kept(keep, b.rows).sum()) * k_of[b.jump] for b in step)
         first_ratios, bad = [], None
@@ -134,10 +138,11 @@ def policy_update(
                 stats.rows += rows.numel()
                 if o == 0:
                     first_ratios.append(float(res.ratio_mean) * n)
-        cause = step_fn(bad)
+        # "empty": no term here (every row filtered); under DDP the other ranks may still step
+        cause = step_fn(bad if bad is not None else "empty" if n_terms == 0 else None)
         if cause is None:
             stats.optimizer_steps += 1
-        else:
+        elif cause != "empty":
             stats.skipped.append(cause)
         stats.terms += n_terms
         if o == 0 and n_terms and first_ratios:

@@ -9,7 +9,8 @@ re-evaluates each jump with the rollout's row chunks, so the ratio is exactly 1 
 optimizer step of every iteration (tested bit for bit).
 
 Metrics are logged at step = iterations completed (train: 1..N; held-out: 0 before training,
-then after every `val_check_interval` iterations), whatever the number of optimizer steps.
+then every `trainer.val_check_interval` iterations or, with a budget, at 25 / 50 / 75% of it:
+flowrl.run_control), whatever the number of optimizer steps.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class GRPOModule(L.LightningModule):
         self.consecutive_skips = 0
         self.max_consecutive_skips = int(max_consecutive_skips)
         self.resume_optimizer_state: dict | None = None  # a checkpoint's, loaded at fit start
+        self._manual_allreduce = False  # DDP: gradients averaged in _optimizer_step (see _no_backward_sync)
         # Reference policy for the KL term: the adapter disabled (LoRA), or a frozen copy of the
         # initial weights (full fine-tune; cheap for the tiny model, a second copy for real ones).
         needs_copy = self.loss_cfg.kl_beta > 0 and not getattr(model, "has_adapter", False)
@@ -109,11 +111,15 @@ class GRPOModule(L.LightningModule):
             return list(model.trainable_parameters())
         return list(model.transformer.parameters())
 
+    def iteration_seed(self, iteration: int, rank: int) -> int:
+        """The rollout generator's seed for (iteration, rank): each iteration draws its plan and its
+        noise from a generator seeded anew, so a resumed run (on any rank) draws exactly what the
+        uninterrupted one would, and every DDP rank has noise of its own. (torch's CPU generator
+        keeps the low 32 bits of a seed: every term must live there.)"""
+        return (self.seed * 1_000_003 + iteration * 7_919 + rank * 104_729_989) % 2**32
+
     def on_fit_start(self):
-        """Under DDP every rank gets its own rollout noise (rank 0 keeps the single-device stream);
-        a resumed run's optimizer state goes into the optimizer Lightning just built."""
-        if self.global_rank and self.iteration == 0:
-            self.generator.manual_seed(self.seed + 1_000_003 * self.global_rank)
+        """A resumed run's optimizer state goes into the optimizer Lightning just built."""
         if self.resume_optimizer_state is not None:
             self.optimizers().optimizer.load_state_dict(self.resume_optimizer_state)
             self.resume_optimizer_state = None
@@ -152,7 +158,10 @@ class GRPOModule(L.LightningModule):
 
         try:
             return self.reward.components(images, prompts)
-        except Exception as err:
+        except Exception as err:  # one line for the user; the traceback in the run (tag, error.txt)
+            import traceback
+
+            self.reward_traceback = traceback.format_exc()
             raise RewardFailed(
                 f"reward {self.reward.name!r} failed in iteration {self.iteration + 1}: {type(err).__name__}: {err}"
             ) from err
@@ -169,6 +178,7 @@ class GRPOModule(L.LightningModule):
     def training_step(self, prompts: list[str], batch_idx: int):
         start = time.perf_counter()
         prompts = list(prompts)
+        self.generator.manual_seed(self.iteration_seed(self.iteration, self.global_rank))
         # 1. this iteration's plan, built once and frozen: all that the engine and the update see
         plan = self.step_scheduler.plan(self.iteration, self.generator)
         # 2. rollout: the plan under the current policy, every image it asks for scored
@@ -181,6 +191,7 @@ class GRPOModule(L.LightningModule):
         self.model.train()
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
+        skips_before = self.skipped_updates
         bad_input = "reward" if not torch.isfinite(scores.total).all() else None
         if bad_input is None and not all(torch.isfinite(a).all() for a in adv):
             bad_input = "advantage"
@@ -188,21 +199,25 @@ class GRPOModule(L.LightningModule):
             from flowrl.update import UpdateStats
 
             n_steps = len(plan.optimizer_steps(len(prompts)))
-            stats = UpdateStats(skipped=[bad_input] * n_steps)
-            for _ in range(n_steps):
-                self._skip(bad_input)
+            stats = UpdateStats()
+            for _ in range(n_steps):  # every rank calls the same optimizer steps (DDP)
+                if self._optimizer_step(opt, bad_input) is not None:
+                    stats.skipped.append(bad_input)
         else:
-            stats = policy_update(
-                self.model,
-                plan,
-                ro,
-                adv,
-                step_fn=lambda cause: self._optimizer_step(opt, cause),
-                loss=self.loss_cfg,
-                max_batch=self.max_batch,
-                backward=self.manual_backward,
-                reference_mean=self._ref_mean if self.loss_cfg.kl_beta > 0 else None,
-            )
+            with self._no_backward_sync():  # DDP: gradients averaged once per optimizer step
+                stats = policy_update(
+                    self.model,
+                    plan,
+                    ro,
+                    adv,
+                    step_fn=lambda cause: self._optimizer_step(opt, cause),
+                    loss=self.loss_cfg,
+                    max_batch=self.max_batch,
+                    backward=self.manual_backward,
+                    reference_mean=self._ref_mean if self.loss_cfg.kl_beta > 0 else None,
+                )
+        # an iteration with a skipped update counts toward train.max_consecutive_skips
+        self.consecutive_skips = self.consecutive_skips + 1 if self.skipped_updates > skips_before else 0
         # 5. what it cost and metrics (namespaced), at step = iterations completed
         budget = plan.budget()
         world = self.trainer.world_size if self._trainer is not None else 1  # every rank spends its own
@@ -259,35 +274,75 @@ class GRPOModule(L.LightningModule):
     def calibrate(self, prompts: list[str], logger=None) -> dict | None:
         """The step scheduler's optional pre-training phase (e.g. DenseGRPO's exploration
         calibration), run with this module's rollout; logged as an artifact when it happens."""
-        record = self.step_scheduler.calibrate(self.rollout, list(prompts))
+        record = self.step_scheduler.calibrate(self._counted_rollout, list(prompts))
         if record is not None and hasattr(logger, "run_id"):
             logger.experiment.log_dict(logger.run_id, record, "calibration.json")
         return record
 
+    def _counted_rollout(self, prompts: list[str], plan):
+        """A rollout whose cost counts toward the budget spent (DenseGRPO's calibration)."""
+        out = self.rollout(prompts, plan)
+        b = plan.budget()
+        self.nfe_total += b["nfe_per_prompt"] * len(prompts)
+        self.reward_queries_total += b["reward_queries_per_prompt"] * len(prompts)
+        return out
+
+    def _no_backward_sync(self):
+        """Under DDP: no gradient all-reduce in backward (ranks may make different numbers of
+        backward calls: their own per-sample steps, filtered rows), one in _optimizer_step."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is not None and self.trainer.world_size > 1 and hasattr(strategy, "block_backward_sync"):
+            self._manual_allreduce = True
+            return strategy.block_backward_sync()
+        self._manual_allreduce = False
+        return contextlib.nullcontext()
+
     def _optimizer_step(self, opt, cause: str | None = None) -> str | None:
         """policy_update's step_fn: clip and apply the accumulated gradients, unless a cause is
-        given or the gradients are not finite: then drop them. Returns why it skipped, or None."""
+        given or the gradients are not finite: then drop them. Returns why it skipped, or None.
+        Under DDP the decision is every rank's (one rank's non-finite value skips the step on all)
+        and the gradients are averaged here (a rank without a term adds zeros: "empty")."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if getattr(self, "_manual_allreduce", False):
+            import torch.distributed as dist
+
+            vetoed = self.trainer.strategy.reduce_boolean_decision(cause not in (None, "empty"), all=False)
+            if vetoed:
+                cause = cause if cause not in (None, "empty") else "another rank"
+            else:
+                world = self.trainer.world_size
+                for p in params:
+                    g = p.grad if p.grad is not None else torch.zeros_like(p)
+                    dist.all_reduce(g)
+                    p.grad = g / world
+                cause = None
         if cause is None:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grads = [p.grad for p in params if p.grad is not None]
             if grads and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).norm()):
                 cause = "gradient"
+        if cause == "empty":  # nothing to apply, nothing wrong
+            opt.zero_grad(set_to_none=True)
+            return cause
         if cause is not None:
             opt.zero_grad(set_to_none=True)
             self._skip(cause)
             return cause
         if self.optim.grad_clip > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+            from flowrl.distributed import is_fsdp
+
+            if is_fsdp(self._trainer):  # Lightning refuses norm clipping under FSDP: the root module's own
+                self.trainer.strategy.model.clip_grad_norm_(self.optim.grad_clip)
+            else:
+                self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.optimizer_steps_done)
         self.optimizer_steps_done += 1
-        self.consecutive_skips = 0
         return None
 
     def _skip(self, cause: str) -> None:
         self.skipped_updates += 1
-        self.consecutive_skips += 1
         self.last_skip_cause = cause
 
     def _check_divergence(self) -> None:
@@ -295,7 +350,7 @@ class GRPOModule(L.LightningModule):
 
         if self.max_consecutive_skips > 0 and self.consecutive_skips >= self.max_consecutive_skips:
             raise TrainingDiverged(
-                f"{self.consecutive_skips} consecutive updates skipped for non-finite values (last: "
+                f"{self.consecutive_skips} consecutive iterations with updates skipped for non-finite values (last: "
                 f"{self.last_skip_cause} in iteration {self.iteration}); train.max_consecutive_skips is "
                 f"{self.max_consecutive_skips}; the weights never took a non-finite update and the last checkpoint is kept"
             )

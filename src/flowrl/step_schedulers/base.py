@@ -7,7 +7,7 @@ One contract crosses each border, once per iteration:
     plan = step_scheduler.plan(iteration, generator)   # frozen: all the engine and the update see
     ro   = rollout(model, plan, prompts, score_fn, ...) # sampling/rollout.py
     adv  = step_scheduler.advantages(scores, plan, prompts)  # one [M_j, K_j] tensor per jump
-    policy_update(model, plan, ro, adv, ...)            # sampling/update.py: the trained-jump loop
+    policy_update(model, plan, ro, adv, ...)            # flowrl/update.py: the trained-jump loop
 
 Sigma indices run 0..T (sigmas[0] = 1 is noise, sigmas[T] = 0 the image); a Jump start -> stop is
 one model evaluation (NFE) that moves x from sigmas[start] to sigmas[stop] stochastically, with
@@ -302,20 +302,26 @@ class StepPlan:
             mask[row, torch.randperm(pool, generator=g)[:k]] = True
         return mask
 
-    def optimizer_steps(self, num_prompts: int) -> list[OptimizerStep]:
+    def optimizer_steps(self, num_prompts: int, keep: torch.Tensor | None = None) -> list[OptimizerStep]:
         """The update of this iteration for P prompts: the optimizer steps in order, each the
         trained (start state, jump) blocks whose gradients it accumulates. Deterministic given the
-        plan (its draws are seeded), so the engine and the update derive the same steps."""
+        plan (its draws are seeded), so the engine and the update derive the same steps.
+        `keep` [M] bool (flow_grpo's zero-advantage filter): the rows left out before the
+        (shuffled) rows are split into steps, as train_sd3.py filters before it batches."""
         mask = self.trained_mask(num_prompts)
+        if keep is not None:
+            mask &= keep.view(-1, 1)
         m = mask.shape[0]
         u = self.update
         jumps_in_order = list(u.trained) if u.trained is not None else list(range(len(self.jumps)))
         if u.step_every == "jump":
             steps = [(TermBlock(j, torch.nonzero(mask[:, j]).squeeze(1)),) for j in jumps_in_order]
-            return [s for s in steps if s[0].rows.numel()]
+            return [s for s in steps if s[0].rows.numel() or keep is not None]
         order = torch.arange(m)
         if u.shuffle:
             order = torch.randperm(m, generator=torch.Generator().manual_seed(u.seed + 1))
+        if keep is not None and u.step_every == "rollout":
+            order = order[keep[order]]
         if u.step_every == "samples":
             if num_prompts % u.prompts_per_rank:
                 raise ValueError(
@@ -334,13 +340,15 @@ class StepPlan:
         else:
             if u.steps_per_rollout > m:
                 raise ValueError(f"{self.method}: steps_per_rollout {u.steps_per_rollout} > {m} start states")
-            parts = order.tensor_split(u.steps_per_rollout)
+            parts = order.tensor_split(u.steps_per_rollout) if order.numel() else []
         steps = []
         for part in parts:
             rows = part.sort().values
             blocks = tuple(TermBlock(j, rows[mask[rows, j]]) for j in jumps_in_order if mask[rows, j].any())
-            if blocks:
+            if blocks or keep is not None:  # with rows filtered out, a step may be empty: it stays (DDP ranks step together)
                 steps.append(blocks)
+        if keep is not None and u.step_every == "rollout":
+            steps += [()] * (u.steps_per_rollout - len(steps))
         return steps
 
     def first_step_rows(self, num_prompts: int) -> dict[int, torch.Tensor]:
