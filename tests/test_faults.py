@@ -47,6 +47,23 @@ def _cfg(tmp_path, name, *overrides):
         )
 
 
+def _cli(tmp_path, experiment: str, iterations: int, *extra: str, multirun: bool = False) -> list[str]:
+    """`python -m flowrl.train` at the small sizes with 2 branch steps, into tmp_path's store;
+    `multirun` sweeps into tmp_path/multirun, otherwise extra names the run dir."""
+    return [
+        PY,
+        "-m",
+        "flowrl.train",
+        *(["-m", f"hydra.sweep.dir={tmp_path / 'multirun'}"] if multirun else []),
+        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"logger.experiment_name={experiment}",
+        *[a for a in SMALL if not a.startswith("train.iterations")],
+        f"train.iterations={iterations}",
+        "method.num_branch_steps=2",
+        *extra,
+    ]
+
+
 def _client(tmp_path):
     import mlflow
 
@@ -170,17 +187,7 @@ def test_cli_sigterm_marks_killed_and_resume_continues_the_same_run(tmp_path):
     # The real CLI: SIGTERM while training -> the iteration finishes, a checkpoint is written, the
     # MLflow run reads KILLED; `resume=<run dir>` continues the same run to FINISHED.
     out = tmp_path / "run"
-    args = [
-        PY,
-        "-m",
-        "flowrl.train",
-        f"hydra.run.dir={out}",
-        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        "logger.experiment_name=cli",
-        *[a for a in SMALL if not a.startswith("train.iterations")],
-        "train.iterations=30",
-        "method.num_branch_steps=2",
-    ]
+    args = _cli(tmp_path, "cli", 30, f"hydra.run.dir={out}")
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = _client(tmp_path)
     _wait_for_an_iteration(tmp_path, client, "cli")
@@ -280,20 +287,16 @@ def test_failing_reward_ends_failed_with_one_line_and_keeps_the_checkpoint(tmp_p
     # run is FAILED with the error as a tag, and the checkpoint of iteration 2 is there.
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    args = [
-        PY,
-        "-m",
-        "flowrl.train",
+    args = _cli(
+        tmp_path,
+        "reward",
+        4,
         f"hydra.run.dir={out}",
-        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        "logger.experiment_name=reward",
-        *SMALL,
-        "method.num_branch_steps=2",
         "train.checkpoint_every=1",
         "reward=shapes",
         "reward._target_=fault_helpers.FailingShapesReward",
         "+reward.fail_at=3",
-    ]
+    )
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -394,21 +397,15 @@ def test_a_failing_job_is_failed_and_the_others_finish(tmp_path, launcher):
     # Two jobs of one multirun; the second's reward raises in its 2nd iteration (fault_helpers). The
     # job is FAILED in MLflow with its error, the other one FINISHED, the sweep's exit status non-zero.
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    args = [
-        PY,
-        "-m",
-        "flowrl.train",
-        "-m",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        "logger.experiment_name=sweep",
-        *[a for a in SMALL if not a.startswith("train.iterations")],
-        "train.iterations=2",
-        "method.num_branch_steps=2",
+    args = _cli(
+        tmp_path,
+        "sweep",
+        2,
         "reward=shapes",
         "reward._target_=fault_helpers.FailingShapesReward",
         "+reward.fail_at=1000000,2",  # job 0 never fails, job 1 in its 2nd iteration
-    ]
+        multirun=True,
+    )
     if launcher == "joblib":
         args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
@@ -423,19 +420,7 @@ def test_a_failing_job_is_failed_and_the_others_finish(tmp_path, launcher):
 
 @pytest.mark.slow
 def test_sigterm_during_a_sweep_checkpoints_and_kills_the_running_job(tmp_path):
-    args = [
-        PY,
-        "-m",
-        "flowrl.train",
-        "-m",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        "logger.experiment_name=sweep",
-        *[a for a in SMALL if not a.startswith("train.iterations")],
-        "train.iterations=40",
-        "method.num_branch_steps=2",
-        "seed=0,1",
-    ]
+    args = _cli(tmp_path, "sweep", 40, "seed=0,1", multirun=True)
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = _client(tmp_path)
     _wait_for_an_iteration(tmp_path, client, "sweep")
