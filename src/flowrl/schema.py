@@ -207,17 +207,15 @@ def check_config(cfg) -> None:
 
 
 def check_model_files(cfg) -> None:
-    """The model's checkpoint files, by its loader module's own `check_files` (which names the
-    file and where it is published), before any reward or model is loaded."""
-    import importlib
+    """The model's checkpoint files, by the check `flowrl.model_files` has for its loader module
+    (which names the file and where it is published), without importing torch or the model."""
+    from flowrl.model_files import CHECKS
 
     model = cfg.get("model")
     target = model.get("_target_") if model is not None else None
-    if not target:
-        return
-    module = importlib.import_module(target.rsplit(".", 1)[0])
-    if hasattr(module, "check_files"):
-        module.check_files(model.get("path"))
+    check = CHECKS.get(target.rsplit(".", 1)[0]) if target else None
+    if check is not None:
+        check(model.get("path"))
 
 
 def check_step_scheduler(cfg) -> None:

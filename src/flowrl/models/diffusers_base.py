@@ -17,34 +17,11 @@ from pathlib import Path
 
 import torch
 
-from flowrl.errors import CheckpointNotFound
 from flowrl.models.base import FlowModel, PromptEmbeds
 from flowrl.models.text_cache import EmbeddingCache, PromptEncoder, model_cache_key
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 DTYPES |= {"float16": torch.float16, "fp16": torch.float16}
-
-
-def check_pipeline_dir(path, what: str, repo: str, pipeline_class: str, components: tuple[str, ...]) -> Path:
-    """The directory of a diffusers pipeline (model_index.json naming `pipeline_class` and the
-    `components` sub-folders), else CheckpointNotFound naming the directory and where to get it.
-    Reads two small files only: call it before importing diffusers."""
-    where = f"huggingface.co/{repo}"
-    hint = f"`hf download {repo} --local-dir <dir>`, then set model.path=<dir> or FLOWRL_MODELS"
-    if path in (None, ""):
-        raise CheckpointNotFound(what, path, where, hint)
-    p = Path(path).expanduser()
-    index = p / "model_index.json"
-    if not index.is_file():
-        reason = "no model_index.json in it" if p.is_dir() else "no such directory"
-        raise CheckpointNotFound(what, p, where, f"{reason}; {hint}")
-    found = json.loads(index.read_text()).get("_class_name")
-    if found != pipeline_class:
-        raise CheckpointNotFound(what, p, where, f"its model_index.json is a {found}, expected a {pipeline_class}")
-    missing = [c for c in components if not (p / c).is_dir()]
-    if missing:
-        raise CheckpointNotFound(what, p, where, f"incomplete: no {', '.join(missing)} folder")
-    return p
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -18,16 +18,13 @@ from pathlib import Path
 
 import torch
 
+from flowrl.model_files import check_flux
 from flowrl.models.base import PromptEmbeds
 from flowrl.models.diffusers_base import (
     DiffusersFlowModel,
     build_model,
-    check_pipeline_dir,
     latent_image_ids,
 )
-
-REPO = "black-forest-labs/FLUX.1-dev"
-COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 
 
 class FluxModel(DiffusersFlowModel):
@@ -86,11 +83,6 @@ def _text_encoders(path: Path, dtype: torch.dtype, max_sequence_length: int):
     return load, encode
 
 
-def check_files(path) -> Path:
-    """The checkpoint directory load_flux reads, checked without loading anything (flowrl.schema)."""
-    return check_pipeline_dir(path, "FLUX.1-dev", REPO, "FluxPipeline", COMPONENTS)
-
-
 def load_flux(
     path: str | None = None,
     device: str = "auto",
@@ -110,7 +102,7 @@ def load_flux(
 ) -> FluxModel:
     """Hydra entry point (`model=flux_dev`). `path`: a local diffusers FLUX.1 directory; checked
     (CheckpointNotFound) before diffusers is imported. See conf/model/flux_dev.yaml for the options."""
-    root = check_files(path)
+    root = check_flux(path)
     from diffusers import FluxTransformer2DModel
 
     opts = {k: v for k, v in locals().items() if k not in ("path", "root")}

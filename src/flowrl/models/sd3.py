@@ -23,15 +23,13 @@ from pathlib import Path
 
 import torch
 
+from flowrl.model_files import check_sd3
 from flowrl.models.base import PromptEmbeds
 from flowrl.models.diffusers_base import (
     DiffusersFlowModel,
     build_model,
-    check_pipeline_dir,
 )
 
-REPO = "stabilityai/stable-diffusion-3.5-medium"
-COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 NEGATIVE_PROMPT = ""
 
 
@@ -124,11 +122,6 @@ def _text_encoders(path: Path, dtype: torch.dtype, max_sequence_length: int):
     return load, encode
 
 
-def check_files(path) -> Path:
-    """The checkpoint directory load_sd3 reads, checked without loading anything (flowrl.schema)."""
-    return check_pipeline_dir(path, "SD3.5-Medium", REPO, "StableDiffusion3Pipeline", COMPONENTS)
-
-
 def load_sd3(
     path: str | None = None,
     device: str = "auto",
@@ -148,7 +141,7 @@ def load_sd3(
 ) -> SD3Model:
     """Hydra entry point (`model=sd35_medium`). `path`: a local diffusers SD3 / SD3.5 directory;
     checked (CheckpointNotFound) before diffusers is imported. See conf/model/sd35_medium.yaml."""
-    root = check_files(path)
+    root = check_sd3(path)
     from diffusers import SD3Transformer2DModel
 
     opts = {k: v for k, v in locals().items() if k not in ("path", "root")}

@@ -221,14 +221,6 @@ class TinyFluxModel(FlowModel):
         return model.eval()
 
 
-def check_files(path) -> None:
-    """A directory written by flowrl.pretrain --out, when one is given (null: the shipped weights)."""
-    from flowrl.errors import CheckpointNotFound
-
-    if path not in (None, "") and not (Path(path).expanduser() / "transformer").is_dir():
-        raise CheckpointNotFound("tiny_flux", path, "python -m flowrl.pretrain --out <dir>", "no transformer/ folder in it")
-
-
 PRECISIONS = ("fp32", "bf16-autocast")
 
 
