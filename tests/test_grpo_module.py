@@ -282,3 +282,20 @@ def test_known_lightning_noise_is_silenced_and_nothing_else(caplog):
     assert [str(w.message) for w in caught] == ["something the user must see"]
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False"]
     assert sum(f is not None and getattr(f, "__name__", "") == "_drop_litlogger_tip" for f in rank_zero.filters) == 1
+
+
+def test_held_out_evaluation_is_in_full_precision_under_bf16_autocast(tmp_path):
+    # val.full_precision (default true): a bf16-autocast run's held-out samples are the fp32 ones,
+    # so its before/after numbers compare with an fp32 run's (issue 14 chooses the precision by them).
+    from flowrl.train import build_module
+
+    def evaluated(*overrides):
+        module, data = build_module(_cfg(tmp_path, "method.num_branch_steps=2", *overrides))
+        return module.evaluate(list(data.val)[:4]), module.model.precision
+
+    fp32, _ = evaluated()
+    bf16_full, kept = evaluated("model.precision=bf16-autocast")
+    bf16, _ = evaluated("model.precision=bf16-autocast", "val.full_precision=false")
+    assert kept == "bf16-autocast"  # restored after the evaluation: training stays in bf16
+    assert bf16_full == fp32
+    assert bf16 != fp32  # the switch matters: bf16 samples score differently

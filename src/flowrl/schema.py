@@ -51,6 +51,7 @@ class ValSchema(_Closed):
     num_steps: PosInt
     grid_prompts: NonNegInt
     train_grid_every: PosInt
+    full_precision: bool
 
 
 class BudgetSchema(_Closed):

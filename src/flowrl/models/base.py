@@ -94,6 +94,13 @@ class FlowModel(nn.Module, ABC):
         return list(self.transformer.parameters())
 
     @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Within the block the forwards run in full precision (flowrl.train's held-out
+        evaluation). A no-op here: a model whose weights have one dtype has no other precision;
+        the tiny model turns its bf16 autocast off."""
+        yield
+
+    @contextmanager
     def reference_policy(self) -> Iterator[bool]:
         """Within the block the model is the reference (initial) policy when that is free: the
         adapter is disabled and the block gets True. Without an adapter (full fine-tune) nothing

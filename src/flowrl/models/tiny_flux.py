@@ -9,6 +9,8 @@ standing in for FLUX's T5 (per-token) and CLIP (pooled) encoders.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,6 +142,14 @@ class TinyFluxModel(FlowModel):
         return self.text_encoder(list(prompts))
 
     precision = "fp32"  # "bf16-autocast": the transformer's matmuls in bf16 (load_tiny_flux(precision=...))
+
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        saved, self.precision = self.precision, "fp32"
+        try:
+            yield
+        finally:
+            self.precision = saved
 
     def velocity(self, x_t: torch.Tensor, sigma, embeds: PromptEmbeds) -> torch.Tensor:
         """v [B, *latent] in x_t's dtype. Under bf16 autocast only the transformer's forward runs in

@@ -50,6 +50,7 @@ class ValConfig:
     num_steps: int = 16  # ODE steps for evaluation
     grid_prompts: int = 8  # prompts shown in the logged grid
     train_grid_every: int = 10  # log a grid of rollout images every n iterations
+    full_precision: bool = True  # held-out samples in the model's full precision, whatever model.precision
 
 
 class GRPOModule(L.LightningModule):
@@ -378,7 +379,9 @@ class GRPOModule(L.LightningModule):
         cfg = self.val_cfg
         self.model.eval()
         rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
-        with self.evaluated_weights():
+        # full precision: the held-out numbers of a bf16-autocast run stay comparable with an fp32 run's
+        precision = self.model.full_precision() if cfg.full_precision else contextlib.nullcontext()
+        with self.evaluated_weights(), precision:
             images = generate(
                 self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch
             )
