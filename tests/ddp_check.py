@@ -16,6 +16,9 @@ from flowrl.modules.grpo_module import GRPOModule
 from flowrl.train import CONF_DIR, train
 
 OVERRIDES = [
+    # fp32: the comparison is of DDP's gradient arithmetic; under bf16 autocast the union's batching
+    # (both prompts in one forward) would round differently by ~1e-2, hiding a 2x normalisation error
+    "model.precision=fp32",
     "trainer=ddp",
     "trainer.devices=2",
     "trainer.accelerator=cpu",

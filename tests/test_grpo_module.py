@@ -293,7 +293,7 @@ def test_held_out_evaluation_is_in_full_precision_under_bf16_autocast(tmp_path):
         module, data = build_module(_cfg(tmp_path, "method.num_branch_steps=2", *overrides))
         return module.evaluate(list(data.val)[:4]), module.model.precision
 
-    fp32, _ = evaluated()
+    fp32, _ = evaluated("model.precision=fp32")
     bf16_full, kept = evaluated("model.precision=bf16-autocast")
     bf16, _ = evaluated("model.precision=bf16-autocast", "val.full_precision=false")
     assert kept == "bf16-autocast"  # restored after the evaluation: training stays in bf16

@@ -176,6 +176,9 @@ def check_config(cfg) -> None:
             schema.model_validate(data)
         except ValidationError as err:
             raise ConfigError(*_first_error(err, group, data)) from None
+    from flowrl.budget import Budget
+
+    Budget.from_config(cfg.get("budget"))  # at most one budget (torch-free, so in well under a second)
     m, t = cfg.method, cfg.train
     for key in ("num_branch_steps", "dense_horizon"):
         value = m.get(key)
