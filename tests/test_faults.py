@@ -388,7 +388,6 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
-
 @pytest.mark.parametrize("model", ["flux_dev", "sd35_medium", "tiny_flux"])
 def test_model_file_checks_never_import_torch(tmp_path, model):
     # The checks run before anything heavy: importing torch alone takes 2-3 s here, which put a
@@ -410,6 +409,7 @@ assert "torch" not in sys.modules, "torch was imported"
     proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "checkpoint not found" in proc.stdout and str(tmp_path / "absent") in proc.stdout
+
 
 # ---- 4. sweeps that survive -----------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ import time
 
 import lightning.pytorch.loggers.mlflow as lightning_mlflow
 import torch
-from hydra import compose, initialize_config_dir
 
 import flowrl.modules.grpo_module as grpo_module
-from flowrl.train import CONF_DIR, train
+from flowrl.plan import compose
+from flowrl.train import train
 
 TOTALS = collections.defaultdict(lambda: [0.0, 0.0, 0])  # phase -> [wall s, cpu s, calls]
 
@@ -48,17 +48,15 @@ def main(overrides: list[str]) -> None:
     logger = lightning_mlflow.MLFlowLogger
     logger.log_metrics = timed("MLflow log_metrics", logger.log_metrics)
     out = tempfile.mkdtemp()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.output_dir={out}",
-                f"logger.tracking_uri=sqlite:///{out}/mlflow.db",
-                "train.iterations=4",
-                "trainer.val_check_interval=1000",  # evaluations before and after only
-                *overrides,
-            ],
-        )
+    cfg = compose(
+        [
+            f"paths.output_dir={out}",
+            f"logger.tracking_uri=sqlite:///{out}/mlflow.db",
+            "train.iterations=4",
+            "trainer.val_check_interval=1000",  # evaluations before and after only
+            *overrides,
+        ]
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     train(cfg)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -304,7 +304,7 @@ class GRPOModule(L.LightningModule):
         Under DDP the decision is every rank's (one rank's non-finite value skips the step on all)
         and the gradients are averaged here (a rank without a term adds zeros: "empty")."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if getattr(self, "_manual_allreduce", False):
+        if self._manual_allreduce:
             import torch.distributed as dist
 
             vetoed = self.trainer.strategy.reduce_boolean_decision(cause not in (None, "empty"), all=False)
