@@ -48,11 +48,11 @@ ui: $(STAMP) ## the MLflow UI on the project's store (sqlite:///mlflow.db) at ht
 mlflow-ui: ui ## alias of ui
 
 bench: $(STAMP) ## measured performance ratios, side by side in one run
-	$(PY) -m flowrl.bench
+	$(PY) -m benchmarks.bench
 
 bench-gpu: ## the one-call GPU suite, writes experiments/bench/gpu.md (on the GPU image: make gpu-wheels here, carry wheels/)
 	test -x $(PY) || pip install --quiet --no-deps wheels/*.whl
-	PYTHONPATH=src $(or $(wildcard $(PY)),python) -m flowrl.bench --suite gpu
+	PYTHONPATH=src:. $(or $(wildcard $(PY)),python) -m benchmarks.bench --suite gpu
 
 gpu-wheels: $(STAMP) ## download what the GPU image lacks (diffusers, hydra-core, omegaconf, antlr4, tabulate) into wheels/
 	$(PY) -m pip wheel --quiet --no-deps -w wheels $$(grep -E '^(diffusers|hydra-core|omegaconf|antlr4-python3-runtime|tabulate)==' requirements.lock)

@@ -8,7 +8,7 @@
 #     the tiny model), or e.g. LENGTH=train.iterations=30, LENGTH=budget.wall_s=600;
 #   - seeds $SEEDS (default 0,1,2), where the script sweeps seeds;
 #   - LAUNCHER=joblib (local, N_JOBS parallel runs, default: the number of cores) or LAUNCHER=slurm
-#     (conf/hydra/launcher/slurm.yaml); default: one run after the other in one process;
+#     (src/flowrl/config/conf/hydra/launcher/slurm.yaml); default: one run after the other in one process;
 #   - SMOKE=1: tiny sizes, so that any sweep finishes in seconds per run (the shrinks below; a
 #     shrink is dropped where the sweep or the arguments set the same key);
 #   - every extra argument passed through last (Hydra: the last value of a key wins).
@@ -51,7 +51,7 @@ SMOKE_OVERRIDES=(
 # Every method of conf/method/, comma-separated (a new method file joins methods.sh by itself).
 all_methods() {
   local f names=()
-  for f in "$FLOWRL_ROOT"/conf/method/*.yaml; do names+=("$(basename "$f" .yaml)"); done
+  for f in "$FLOWRL_ROOT"/src/flowrl/config/conf/method/*.yaml; do names+=("$(basename "$f" .yaml)"); done
   local IFS=,
   echo "${names[*]}"
 }
@@ -59,7 +59,7 @@ all_methods() {
 # Every toy_<method> preset of conf/experiment/ (the methods at one rollout budget on the tiny model).
 all_toy_experiments() {
   local f names=()
-  for f in "$FLOWRL_ROOT"/conf/experiment/toy_*.yaml; do names+=("$(basename "$f" .yaml)"); done
+  for f in "$FLOWRL_ROOT"/src/flowrl/config/conf/experiment/toy_*.yaml; do names+=("$(basename "$f" .yaml)"); done
   local IFS=,
   echo "${names[*]}"
 }

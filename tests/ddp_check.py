@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from flowrl.modules.grpo_module import GRPOModule
-from flowrl.train import CONF_DIR, train
+from flowrl.config.compose import CONF_DIR
+from flowrl.training.loop import train
+from flowrl.training.module import GRPOModule
 
 OVERRIDES = [
     # fp32: the comparison is of DDP's gradient arithmetic; under bf16 autocast the union's batching

@@ -1,10 +1,10 @@
-"""`python -m flowrl.bench --quick` end to end into a tmp dir (experiments/bench is left alone)."""
+"""`python -m benchmarks.bench --quick` end to end into a tmp dir (experiments/bench is left alone)."""
 
 import csv
 
 import pytest
 
-from flowrl.bench import METHODS, main
+from benchmarks.bench import METHODS, main
 
 
 def test_bench_quick_tables_and_equal_nfe(tmp_path):
@@ -47,7 +47,7 @@ def test_bench_quick_tables_and_equal_nfe(tmp_path):
 
 def test_gpu_suite_dry_run(tmp_path):
     # The one-call GPU suite on the CPU at scaled-down sizes: every section runs and is written.
-    from flowrl.bench import main as bench_main
+    from benchmarks.bench import main as bench_main
 
     bench_main(["--suite", "gpu", "--dry-run", "--out", str(tmp_path)])
     text = (tmp_path / "gpu_dry_run.md").read_text()
@@ -65,7 +65,7 @@ def test_flux_forward_flops_hand_worked():
     # tokens T = 1536. Per block: 2 x 12 j^2 T = 3.4789e11 and attention 4 T^2 j = 2.8991e10, so
     # 57 x 3.7688e11 = 2.1482e13 FLOPs per row (21.5 TFLOP); at H200's 989.5 TFLOPS a 12-row
     # forward in 0.5 s would be 52% MFU.
-    from flowrl.bench_gpu import FLUX_DEV, forward_flops
+    from benchmarks.gpu import FLUX_DEV, forward_flops
 
     assert forward_flops(FLUX_DEV, 1024, 512) == pytest.approx(57 * (24 * 3072**2 * 1536 + 4 * 1536**2 * 3072))
     assert forward_flops(FLUX_DEV, 1024, 512) == pytest.approx(2.1482e13, rel=1e-4)

@@ -3,9 +3,9 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from flowrl.budget import Budget, iteration_cost
-from flowrl.errors import UserFacingError
-from flowrl.train import CONF_DIR
+from flowrl.config.compose import CONF_DIR
+from flowrl.config.errors import UserFacingError
+from flowrl.training.budget import Budget
 
 
 def test_budget_from_config():
@@ -26,7 +26,7 @@ def test_max_iterations_from_the_plan_cost():
     # a 10,000-NFE budget is ceil(10000 / 3230) = 4 iterations (3 reach 9,690 < 10,000).
     from flowrl.step_schedulers.entropy_merge import EntropyMergeStepScheduler
 
-    cost = iteration_cost(EntropyMergeStepScheduler().plan(0), num_prompts=2)
+    cost = EntropyMergeStepScheduler().plan(0).cost(num_prompts=2)
     assert cost == {"nfe": 3230, "reward_queries": 2 * 192}
     assert Budget("nfe", 10_000).max_iterations(cost) == 4
     assert Budget("wall_s", 60).max_iterations(cost) >= 10**6
@@ -64,7 +64,7 @@ def _history(tmp_path, key):
 
 @pytest.mark.slow
 def test_nfe_budget_stops_at_the_budget_and_evaluates_at_its_fractions(tmp_path):
-    from flowrl.train import train
+    from flowrl.training.loop import train
 
     # DanceGRPO at T 4, G 2, 2 prompts: 16 NFE per iteration. A budget of 100 NFE stops after
     # iteration 7 (112 >= 100; 96 < 100), at most one iteration over. Evaluations at 25 / 50 /
@@ -82,7 +82,7 @@ def test_nfe_budget_stops_at_the_budget_and_evaluates_at_its_fractions(tmp_path)
 
 @pytest.mark.slow
 def test_wall_budget_stops_after_the_iteration_that_spends_it(tmp_path):
-    from flowrl.train import train
+    from flowrl.training.loop import train
 
     # 4 s of training iterations: the run stops after the first iteration whose cumulative wall
     # reaches 4 s, and the final evaluation is not repeated (Lightning's stop-validation is it).

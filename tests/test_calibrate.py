@@ -5,7 +5,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from flowrl.train import CONF_DIR
+from flowrl.config.compose import CONF_DIR
 
 SMALL = [
     "method=densegrpo",
@@ -23,7 +23,7 @@ def _cfg(tmp_path, *overrides):
 
 def test_calibrate_writes_a_table_training_can_use(tmp_path, capsys):
     from flowrl.calibrate import calibrate
-    from flowrl.train import build_module
+    from flowrl.training.build import build_module
 
     path = calibrate(_cfg(tmp_path, *SMALL))
     record = json.loads(path.read_text())
@@ -39,7 +39,7 @@ def test_calibrate_writes_a_table_training_can_use(tmp_path, capsys):
 
 def test_calibrate_refuses_methods_without_calibration(tmp_path):
     from flowrl.calibrate import calibrate
-    from flowrl.errors import UserFacingError
+    from flowrl.config.errors import UserFacingError
 
     with pytest.raises(UserFacingError, match="nothing to calibrate"):
         calibrate(_cfg(tmp_path, "method=egrpo"))

@@ -8,7 +8,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from flowrl.config.compose import CONF_DIR
+
+CONF = Path(CONF_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 GROUP_FILES = sorted(p.relative_to(CONF) for p in CONF.glob("*/*.yaml"))
 # Values a user must supply (???) or that only exist inside a running Hydra app.
@@ -64,7 +66,7 @@ def test_reward_group_matches_registry(tmp_path):
     # fail fast with CheckpointNotFound (Hydra wraps it: it is the cause); the others instantiate.
     import time
 
-    from flowrl.errors import CheckpointNotFound
+    from flowrl.config.errors import CheckpointNotFound
     from flowrl.rewards import REGISTRY, reward_class
 
     options = {p.stem for p in (CONF / "reward").glob("*.yaml")}

@@ -69,7 +69,7 @@ def test_prompt_data(tmp_path):
     f.write_text("# comment\na cat\n\n  a dog  \n")
     assert read_prompt_file(f) == ["a cat", "a dog"]
     assert file_prompts(str(f), str(f)).val == ["a cat", "a dog"]
-    from flowrl.errors import ConfigError
+    from flowrl.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="prompt file=.*not found"):
         read_prompt_file(tmp_path / "missing.txt")

@@ -10,15 +10,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from flowrl.train import CONF_DIR
+from flowrl.config.compose import CONF_DIR
 
 HERE = Path(__file__).parent
 
 
 def _merge(rollouts):
     """One Rollout over the prompts of several (each rank's), jump sets concatenated in rank order."""
+    from flowrl.engine.rollout import JumpSet, Rollout
     from flowrl.models.base import PromptEmbeds
-    from flowrl.sampling.rollout import JumpSet, Rollout
 
     offsets, n = [], 0
     for ro in rollouts:
@@ -56,8 +56,8 @@ def _merge(rollouts):
 def test_ddp_gradient_equals_a_single_process_over_both_ranks_prompts(tmp_path):
     from safetensors.torch import load_file
 
-    from flowrl.train import PromptBatches, build_module
-    from flowrl.update import policy_update
+    from flowrl.engine.update import policy_update
+    from flowrl.training.build import PromptBatches, build_module
 
     sys.path.insert(0, str(HERE))
     from ddp_check import OVERRIDES

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from flowrl.train import CONF_DIR
+from flowrl.config.compose import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -108,7 +108,7 @@ def _wait_for_an_iteration(tmp_path, client, experiment: str, timeout: float = 2
 
 def _sigterm_at(monkeypatch, iteration: int):
     """A real SIGTERM to this process right after `iteration` (in the module's training step)."""
-    from flowrl.modules.grpo_module import GRPOModule
+    from flowrl.training.module import GRPOModule
 
     step = GRPOModule.training_step
 
@@ -156,8 +156,8 @@ RESUME_CASES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, case):
-    from flowrl.run_control import Preempted
-    from flowrl.train import train
+    from flowrl.training.loop import train
+    from flowrl.training.run_control import Preempted
 
     extra = RESUME_CASES[case]
     train(_cfg(tmp_path, "whole", *extra))
@@ -218,8 +218,8 @@ def test_cli_sigterm_marks_killed_and_resume_continues_the_same_run(tmp_path):
 
 @pytest.mark.slow
 def test_nan_reward_skips_the_update_and_never_touches_the_weights(tmp_path, monkeypatch):
-    from flowrl.modules.grpo_module import GRPOModule
-    from flowrl.train import train
+    from flowrl.training.loop import train
+    from flowrl.training.module import GRPOModule
 
     # NaN in the rewards of iteration 2 only (the reward's 2nd call is that iteration's rollout:
     # the held-out evaluations use the eval rewards): its 8 optimizer steps are skipped.
@@ -254,13 +254,13 @@ def test_nan_reward_skips_the_update_and_never_touches_the_weights(tmp_path, mon
 
 @pytest.mark.slow
 def test_nan_gradients_skip_and_too_many_end_the_run_failed(tmp_path, monkeypatch):
-    from flowrl.errors import TrainingDiverged
+    from flowrl.config.errors import TrainingDiverged
 
     # A model whose training forward returns NaN (rollouts stay finite): every update is skipped,
     # cause log_prob; after train.max_consecutive_skips (3) iterations in a row with skipped updates
     # the run stops FAILED, its last checkpoint kept.
     from flowrl.models.tiny_flux import TinyFluxModel
-    from flowrl.train import train
+    from flowrl.training.loop import train
 
     velocity = TinyFluxModel.velocity
 
@@ -311,8 +311,8 @@ def test_failing_reward_ends_failed_with_one_line_and_keeps_the_checkpoint(tmp_p
 
 @pytest.mark.slow
 def test_full_disk_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch):
-    import flowrl.checkpoint as ck
-    from flowrl.train import train
+    import flowrl.training.checkpoint as ck
+    from flowrl.training.loop import train
 
     # The 2nd checkpoint write hits ENOSPC: the run goes on, reports it (stderr and a tag), the
     # 1st checkpoint is intact, no half-written one is left, and the 3rd and 4th are written.
@@ -395,9 +395,9 @@ def test_model_file_checks_never_import_torch(tmp_path, model):
     code = f"""
 import sys
 from hydra import compose, initialize_config_dir
-from flowrl.errors import CheckpointNotFound
-from flowrl.schema import check_model_files
-from flowrl.train import CONF_DIR
+from flowrl.config.errors import CheckpointNotFound
+from flowrl.config.schema import check_model_files
+from flowrl.config.compose import CONF_DIR
 with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
     cfg = compose("train", overrides=["model={model}", "model.path={tmp_path}/absent"])
 try:
@@ -459,7 +459,7 @@ def test_checkpoint_loads_without_unpickling(tmp_path):
     # weights_only=True (no code runs on load).
     import json
 
-    from flowrl.checkpoint import save_checkpoint
+    from flowrl.training.checkpoint import save_checkpoint
 
     class _M:
         pass

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from flowrl.losses import (
+from flowrl.engine.loss import (
     GRPOLossOutput,
     clip_advantages,
     clipped_surrogate,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from flowrl.train import CONF_DIR
+from flowrl.config.compose import CONF_DIR
 
 
 def _cfg(tmp_path, *overrides):
@@ -57,7 +57,7 @@ def test_ratio_is_exactly_one_before_first_update(tiny_model, method, precision)
     # runs the first step's rows of a jump as chunks of their own and the update uses the same
     # chunks (max_batch 4 splits the 6 rows of the sde plans). After that first optimizer step the
     # weights have moved, so the later steps' ratios may leave 1 (they do in the official scripts).
-    from flowrl.sampling.rollout import chunks, jump_log_prob, rollout
+    from flowrl.engine.rollout import chunks, jump_log_prob, rollout
 
     sched = _small_scheduler(method)
     plan = sched.plan(0, torch.Generator().manual_seed(0))
@@ -82,7 +82,7 @@ def test_ratio_is_exactly_one_before_first_update(tiny_model, method, precision)
 
 
 def test_rollout_same_initial_noise_and_nfe(tiny_model):
-    from flowrl.sampling.rollout import rollout
+    from flowrl.engine.rollout import rollout
     from flowrl.step_schedulers.uniform import UniformStepScheduler
 
     prompt = ["a red circle on a blue background"]
@@ -103,7 +103,7 @@ def test_rollout_same_initial_noise_and_nfe(tiny_model):
 def test_dancegrpo_scores_the_last_steps_x0_prediction(tiny_model):
     # train_grpo_flux.py decodes the last step's pred_original_sample, x_{T-1} - sigma_{T-1} v,
     # not the final SDE sample (which carries the last step's noise).
-    from flowrl.sampling.rollout import rollout
+    from flowrl.engine.rollout import rollout
     from flowrl.sampling.steps import predict_x0
     from flowrl.step_schedulers.uniform import UniformStepScheduler
 
@@ -132,7 +132,7 @@ def test_two_iterations_end_to_end(tmp_path, method):
     import mlflow
     from hydra.utils import instantiate
 
-    from flowrl.train import train
+    from flowrl.training.loop import train
 
     small = [
         o for o in instantiate(_compose([f"method={method}"]).method.step_scheduler).small_overrides if "group_size" not in o
@@ -186,7 +186,7 @@ def test_two_iterations_end_to_end(tmp_path, method):
 def test_ema_update_and_swap_hand_worked():
     # decay 0.9: shadow starts at theta_0 = 1; theta becomes 2 -> shadow = 0.9 * 1 + 0.1 * 2 = 1.1;
     # a second update at theta = 2 -> 0.9 * 1.1 + 0.2 = 1.19.
-    from flowrl.modules.ema import EMA
+    from flowrl.training.ema import EMA
 
     p = torch.nn.Parameter(torch.tensor([1.0]))
     ema = EMA([p], decay=0.9)
@@ -221,7 +221,8 @@ def test_lora_training_with_kl_uses_the_disabled_adapter_as_reference(tmp_path):
     # is the diffusers LoRA file, and EMA weights are what gets evaluated and saved.
     from safetensors.torch import load_file
 
-    from flowrl.train import build_module, train
+    from flowrl.training.build import build_module
+    from flowrl.training.loop import train
 
     lora = ["+model.lora.rank=4", "+model.lora.alpha=8", "+model.lora.target_modules=[to_q,to_k,to_v,to_out.0]"]
     cfg = _cfg(tmp_path, "method=flowgrpo", "method.ema.decay=0.5", "logger.experiment_name=lora", *lora)
@@ -241,8 +242,8 @@ def test_crash_mid_training_marks_the_run_failed_and_keeps_what_was_logged(tmp_p
     # FAILED when training crashes, with the "before" validation kept.
     import mlflow
 
-    from flowrl.modules.grpo_module import GRPOModule
-    from flowrl.train import train
+    from flowrl.training.loop import train
+    from flowrl.training.module import GRPOModule
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     status_during_training = []
@@ -266,7 +267,7 @@ def test_known_lightning_noise_is_silenced_and_nothing_else(caplog):
     import logging
     import warnings
 
-    from flowrl.train import silence_known_warnings
+    from flowrl.training.build import silence_known_warnings
 
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with warnings.catch_warnings(record=True) as caught:
@@ -287,7 +288,7 @@ def test_known_lightning_noise_is_silenced_and_nothing_else(caplog):
 def test_held_out_evaluation_is_in_full_precision_under_bf16_autocast(tmp_path):
     # val.full_precision (default true): a bf16-autocast run's held-out samples are the fp32 ones,
     # so its before/after numbers compare with an fp32 run's (issue 14 chooses the precision by them).
-    from flowrl.train import build_module
+    from flowrl.training.build import build_module
 
     def evaluated(*overrides):
         module, data = build_module(_cfg(tmp_path, "method.num_branch_steps=2", *overrides))

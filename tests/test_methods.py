@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from flowrl.contract import RewardScores, branch_group_advantages
 from flowrl.sampling.sigmas import flow_sigmas
-from flowrl.step_schedulers.base import RewardScores, branch_group_advantages
 from flowrl.step_schedulers.dense_reward import (
     DenseRewardStepScheduler,
     calibration_update,
@@ -274,8 +274,8 @@ def test_calibration_on_the_tiny_model_moves_psi_as_alg1_prescribes(tiny_model):
     # prompts: after each round every step's psi moved by exactly eps2, up where the pooled sign
     # imbalance was < eps1, else down.
     from flowrl.data.shapes import split_specs
+    from flowrl.engine.rollout import rollout
     from flowrl.rewards.shapes import ShapesReward
-    from flowrl.sampling.rollout import rollout
 
     reward = ShapesReward()
     sched = DenseRewardStepScheduler(
@@ -305,8 +305,8 @@ def test_calibration_on_the_tiny_model_moves_psi_as_alg1_prescribes(tiny_model):
 
 
 def test_anchor_rollout_layout_nfe_and_shared_start(tiny_model):
+    from flowrl.engine.rollout import rollout
     from flowrl.rewards.shapes import ShapesReward
-    from flowrl.sampling.rollout import rollout
 
     reward = ShapesReward()
     sched = SingularStochasticStepScheduler(num_steps=6, group_size=3, num_branch_steps=2, granularities=[1, 2])
@@ -324,8 +324,8 @@ def test_anchor_rollout_layout_nfe_and_shared_start(tiny_model):
 
 
 def test_wavefront_batching_does_not_change_results(tiny_model):
+    from flowrl.engine.rollout import rollout
     from flowrl.rewards.shapes import ShapesReward
-    from flowrl.sampling.rollout import rollout
 
     reward = ShapesReward()
     plan = EntropyMergeStepScheduler(num_steps=8, group_size=3, num_branch_steps=3, tau=1.2).plan(0)

@@ -42,7 +42,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from flowrl.train import CONF_DIR
+from flowrl.config.compose import CONF_DIR
 
 SEED = 0
 # Every official script clips the gradient norm at 1.0 (DanceGRPO finetune_flux_grpo.sh, flow_grpo
@@ -146,9 +146,9 @@ class Iteration:
     Keeps the rollout, the initial weights and the untouched model for the reference loop (b)."""
 
     def __init__(self, method, overrides, prompts, reward="bright", weights=None, iteration=0, ref_model=None):
-        from flowrl.sampling.rollout import jump_log_prob, rollout
-        from flowrl.step_schedulers.base import RewardScores
-        from flowrl.update import LossConfig, policy_update
+        from flowrl.contract import RewardScores
+        from flowrl.engine.rollout import jump_log_prob, rollout
+        from flowrl.engine.update import LossConfig, policy_update
 
         self.cfg = _compose_method(method, overrides)
         self.sched = _scheduler(self.cfg)
@@ -618,8 +618,8 @@ class _ScalarVelocity(torch.nn.Module):
 def _toy_rollout(x, sigmas, steps, theta, adv, group_size, noise=1.0):
     """A hand-built sde rollout: rows x [M, *latent] at every jump (one StepSettings each), the
     successor drawn with eps = `noise` everywhere, old log-probs under theta."""
+    from flowrl.engine.rollout import JumpSet, Rollout
     from flowrl.models.base import PromptEmbeds
-    from flowrl.sampling.rollout import JumpSet, Rollout
 
     m = x.shape[0]
     p = m // group_size
@@ -646,8 +646,8 @@ def _toy_rollout(x, sigmas, steps, theta, adv, group_size, noise=1.0):
 
 @pytest.mark.parametrize(("kl_form", "kl", "grad"), [("official", 0.0253125, 0.1265625), ("transition", 0.10125, 0.50625)])
 def test_kl_form_hand_worked(kl_form, kl, grad):
-    from flowrl.step_schedulers.base import Jump, StepPlan, StepSettings, UpdateSchedule
-    from flowrl.update import LossConfig, policy_update
+    from flowrl.contract import Jump, StepPlan, StepSettings, UpdateSchedule
+    from flowrl.engine.update import LossConfig, policy_update
 
     # One jump sigma 0.5 -> 0.25 (dt = -0.25) of the Flow-GRPO SDE with a = 0.5:
     #   std_dev_t = a sqrt(sigma / (1 - sigma)) = 0.5 * 1 = 0.5, std_dev_t^2 = 0.25
@@ -684,8 +684,8 @@ def test_kl_form_hand_worked(kl_form, kl, grad):
 
 
 def test_policy_update_per_step_normalisation_hand_worked():
-    from flowrl.step_schedulers.base import Jump, StepPlan, StepSettings, UpdateSchedule
-    from flowrl.update import LossConfig, policy_update
+    from flowrl.contract import Jump, StepPlan, StepSettings, UpdateSchedule
+    from flowrl.engine.update import LossConfig, policy_update
 
     # Two jumps with a given diffusion coefficient s (DenseGRPO-style std_dev_t = 0.5), v = theta:
     #   jump 0, sigma 0.5 -> 0.25:  c_v = dt (1 + s^2 (1 - sigma) / (2 sigma)) = -0.25 * 1.125 = -0.28125
@@ -719,8 +719,8 @@ def test_policy_update_per_step_normalisation_hand_worked():
 
 
 def test_flowgrpo_drops_samples_with_zero_advantage_hand_worked():
-    from flowrl.step_schedulers.base import Jump, StepPlan, StepSettings, UpdateSchedule
-    from flowrl.update import LossConfig, policy_update
+    from flowrl.contract import Jump, StepPlan, StepSettings, UpdateSchedule
+    from flowrl.engine.update import LossConfig, policy_update
 
     # flow_grpo train_sd3.py (L797-817 at ac4c86e) drops samples whose advantages are all 0 before
     # training: they neither count in the mean nor add a KL term. Same toy as above, one jump
@@ -748,7 +748,7 @@ def test_flowgrpo_drops_samples_with_zero_advantage_hand_worked():
 def test_mixgrpo_reward_weights_are_normalised_to_sum_one():
     # MixGRPO train_grpo_flux.py (L765-767) divides its reward weights by their sum: weights
     # 1, 1 give the same advantages as 0.5, 0.5.
-    from flowrl.step_schedulers.base import RewardScores
+    from flowrl.contract import RewardScores
     from flowrl.step_schedulers.sliding_window import SlidingWindowStepScheduler
 
     sched = SlidingWindowStepScheduler(num_steps=6, group_size=3, window_size=2)

@@ -46,7 +46,7 @@ def test_plan_text(capsys):
 
 
 def test_plan_json_every_method_reports_its_update(capsys):
-    from flowrl.bench import METHODS
+    from benchmarks.bench import METHODS
 
     for method in METHODS:
         main(["--json", f"method={method}"])

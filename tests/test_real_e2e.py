@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from test_real_models import HW, MSL, build_flux, build_sd3
 from test_real_rewards import TINY_OPEN_CLIP
 
-from flowrl.train import CONF_DIR
+from flowrl.config.compose import CONF_DIR
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def hps_ckpt(tmp_path_factory):
 def test_two_iterations_on_real_format_checkpoints(tmp_path, hps_ckpt, model, builder, method):
     import mlflow
 
-    from flowrl.train import train
+    from flowrl.training.loop import train
 
     path = builder(tmp_path / model)
     arch, ckpt = hps_ckpt

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowrl.errors import CheckpointNotFound
+from flowrl.config.compose import CONF_DIR
+from flowrl.config.errors import CheckpointNotFound
 from flowrl.sampling.ode import generate
 
 HW = 32  # image side: tiny VAE (scale factor 2) -> 16x16 latents -> 64 packed tokens
@@ -226,7 +227,7 @@ def _pipeline_velocity(kind, pipe, x, sigma, guidance_scale):
 def test_missing_path_is_one_line_and_fast(tmp_path):
     code = (
         "import sys, time; t = time.time()\n"
-        "from flowrl.errors import CheckpointNotFound\n"
+        "from flowrl.config.errors import CheckpointNotFound\n"
         "from flowrl.models.flux import load_flux\n"
         "from flowrl.models.sd3 import load_sd3\n"
         "for f in (load_flux, load_sd3):\n"
@@ -453,7 +454,7 @@ def test_hydra_config_instantiates(kind, config, request, tmp_path):
     from flowrl.models.flux import FluxModel
     from flowrl.models.sd3 import SD3Model
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(CONF_DIR)
     path = request.getfixturevalue(f"{kind}_dir")
     overrides = [f"model={config}", f"model.path={path}", "model.device=cpu", "model.dtype=float32"]
     overrides += [f"model.height={HW}", f"model.width={HW}", f"model.max_sequence_length={MSL}", "model.lora.rank=2"]
@@ -472,7 +473,7 @@ def test_hydra_config_missing_path_names_the_directory(tmp_path, monkeypatch):
     from hydra.utils import instantiate
 
     monkeypatch.setenv("FLOWRL_MODELS", str(tmp_path))
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(CONF_DIR)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=["model=flux_dev", "paths.output_dir=/tmp/flowrl-test"])
     with pytest.raises(Exception, match="FLUX.1-dev checkpoint not found") as info:

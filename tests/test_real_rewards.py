@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flowrl.errors import CheckpointNotFound, UserFacingError
+from flowrl.config.errors import CheckpointNotFound, UserFacingError
 from flowrl.rewards.clip import CLIP_MEAN, CLIP_STD
 from flowrl.rewards.loading import CheckpointFormatError, describe_mismatch, in_batches, resolve_dtype
 
@@ -442,7 +442,7 @@ def test_missing_checkpoints_fail_fast_before_heavy_imports(tmp_path):
     nope = tmp_path / "nope"
     code = f"""
 import sys, time
-from flowrl.errors import CheckpointNotFound
+from flowrl.config.errors import CheckpointNotFound
 from flowrl.rewards import build_reward
 cases = [
     ("hps", dict(checkpoint={str(nope / "HPS_v2.1_compressed.pt")!r})),

@@ -7,14 +7,8 @@ import json
 import pytest
 import torch
 
-from flowrl.step_schedulers.base import (
-    Jump,
-    StepPlan,
-    StepSettings,
-    UpdateSchedule,
-    group_normalize,
-    strided_completion,
-)
+from flowrl.contract import Jump, StepPlan, StepSettings, UpdateSchedule, group_normalize
+from flowrl.step_schedulers._common import strided_completion
 from flowrl.step_schedulers.uniform import UniformStepScheduler
 
 

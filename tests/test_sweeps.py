@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from flowrl.config.compose import CONF_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = Path(CONF_DIR)
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.sh") if not p.name.startswith("_"))
 SMOKE_KEYS = {"train.prompts_per_step", "method.group_size", "method.num_steps", "val.samples_per_prompt", "val.num_steps"}
 

@@ -1,4 +1,4 @@
-"""flowrl.tracking: config -> MLflow params/tags/artifacts, on a real sqlite store in tmp_path."""
+"""flowrl.training.tracking: config -> MLflow params/tags/artifacts, on a real sqlite store in tmp_path."""
 
 import os
 import re
@@ -11,7 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from flowrl.tracking import flatten_config, git_commit, git_dirty, resolve_tracking_uri, run_name
+from flowrl.config.compose import CONF_DIR
+from flowrl.training.tracking import flatten_config, git_commit, git_dirty, resolve_tracking_uri, run_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,7 @@ def test_logger_end_to_end(tmp_path, monkeypatch):
     from hydra.utils import instantiate
     from mlflow.tracking import MlflowClient
 
-    from flowrl.tracking import log_artifact_path, log_image_grid, log_run_metadata, metrics_history
+    from flowrl.training.tracking import log_artifact_path, log_image_grid, log_run_metadata, metrics_history
 
     monkeypatch.chdir(tmp_path)  # the sqlite store puts artifacts under ./mlruns of the working directory
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after: the logger sets it (below)
@@ -127,7 +128,7 @@ def test_logger_end_to_end(tmp_path, monkeypatch):
     )
     n_params = 1 + 5 + 250 + 2 + 1
 
-    logger_cfg = OmegaConf.load(REPO / "conf/logger/mlflow.yaml")
+    logger_cfg = OmegaConf.load(Path(CONF_DIR) / "logger/mlflow.yaml")
     logger = instantiate(logger_cfg, experiment_name="study", tracking_uri=uri, run_name=run_name(cfg))  # as flowrl.train
     log_run_metadata(logger, cfg)  # seed from cfg.seed; 259 params = 3 batches
     assert os.environ["MLFLOW_TRACKING_URI"] == uri  # MLFlowLogger -> mlflow.set_tracking_uri() writes the env
@@ -180,7 +181,7 @@ def test_logger_end_to_end(tmp_path, monkeypatch):
 
     # A second in-process run naming its own store must land there despite the env var set above.
     other = f"sqlite:///{tmp_path}/other.db"
-    from flowrl.tracking import build_mlflow_logger
+    from flowrl.training.tracking import build_mlflow_logger
 
     second = build_mlflow_logger("study", "second", other)
     second.log_metrics({"perf/nfe": 16.0}, step=0)
@@ -191,7 +192,7 @@ def test_logger_end_to_end(tmp_path, monkeypatch):
 
 
 def test_import_is_cheap():
-    code = "import sys, flowrl.tracking; print('mlflow' in sys.modules, 'lightning' in sys.modules)"
+    code = "import sys, flowrl.training.tracking; print('mlflow' in sys.modules, 'lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
     assert out == ["False", "False"]
 
@@ -200,7 +201,7 @@ CONCURRENT_CHILD = """
 import sys, time
 from pathlib import Path
 import mlflow, lightning.pytorch  # imported before the start signal: the race is in store creation
-from flowrl.tracking import build_mlflow_logger
+from flowrl.training.tracking import build_mlflow_logger
 db, ready, go = sys.argv[1:4]
 Path(ready).touch()
 while not Path(go).exists():
@@ -251,7 +252,7 @@ def test_runs_started_together_on_a_new_sqlite_store_all_succeed(tmp_path):
 
 
 def test_run_tags_read_the_sweep_knobs_from_the_config():
-    from flowrl.tracking import run_tags
+    from flowrl.training.tracking import run_tags
 
     cfg = OmegaConf.create(
         {
@@ -288,7 +289,7 @@ def test_experiments_are_tagged_custom_model_development(tmp_path):
     # ("No data available"); flowrl's experiments must open on their runs, also ones created before.
     from mlflow.tracking import MlflowClient
 
-    from flowrl.tracking import build_mlflow_logger
+    from flowrl.training.tracking import build_mlflow_logger
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)

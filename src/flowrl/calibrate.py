@@ -15,12 +15,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from flowrl.train import CONF_DIR, build_module, calibration_prompts, exit_on_user_error
+from flowrl.config.compose import CONF_DIR
+from flowrl.config.errors import exit_on_user_error
+from flowrl.training.build import build_module, calibration_prompts
 
 
 def calibrate(cfg: DictConfig) -> Path:
-    from flowrl.errors import UserFacingError
-    from flowrl.train import seed_everything
+    from flowrl.config.errors import UserFacingError
+    from flowrl.training.build import seed_everything
 
     seed_everything(cfg.seed)
     if cfg.method.get("calibration", {}).get("iterations", 0) <= 0:
@@ -46,5 +48,12 @@ def main(cfg: DictConfig) -> None:
     calibrate(cfg)
 
 
+def cli() -> None:
+    """`flowrl-calibrate`: the command line checked first, then Hydra's main."""
+    from flowrl.entry import run_checked
+
+    run_checked(main, "train")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

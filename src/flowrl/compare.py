@@ -77,7 +77,7 @@ _LIST_ITEM = re.compile(r"^(.+)\.(\d+)$")
 def _client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
-    from flowrl.tracking import resolve_tracking_uri
+    from flowrl.training.tracking import resolve_tracking_uri
 
     return MlflowClient(resolve_tracking_uri(tracking_uri))
 
@@ -105,7 +105,7 @@ def _search_all(client, experiment_id: str, filter_string: str = "") -> list:
 def collapse_lists(params: dict[str, str]) -> dict[str, str]:
     """{'method.granularities.0': '1', 'method.granularities.1': '2'} -> {'method.granularities': '[1, 2]'}.
 
-    flowrl.tracking flattens a list into one param per item; a swept list (G²RPO's granularities)
+    flowrl.training.tracking flattens a list into one param per item; a swept list (G²RPO's granularities)
     must compare as one value."""
     items: dict[str, dict[int, str]] = {}
     out = {}
@@ -527,7 +527,7 @@ def share_grouped_view(client, experiment, keys: list[str], runs, metric: str, x
     chart of `metric` against `val/nfe_total` (the step without it), which the UI draws per
     group as the mean with a band over the seeds. It is the state the UI's own "Share" button stores (MLflow 3.17; a plain JSON
     value is accepted)."""
-    from flowrl.tracking import RUN_TAG_KEYS
+    from flowrl.training.tracking import RUN_TAG_KEYS
 
     tag_for = {key: tag for tag, key in RUN_TAG_KEYS}
     group_by = []

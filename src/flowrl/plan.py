@@ -4,7 +4,7 @@
     python -m flowrl.plan --json method=flowgrpo method.group_size=8
     python -m flowrl.plan --iteration 60 method=mixgrpo      # the plan of a later iteration
 
-Composes conf/train.yaml with the given Hydra overrides and instantiates only the step
+Composes the packaged conf/train.yaml with the given Hydra overrides and instantiates only the step
 scheduler, so it answers in a few seconds. Optimizer steps per iteration are for
 train.prompts_per_step prompts; random choices (DanceGRPO's per-sample steps) are drawn from a
 generator seeded with `seed`, so the printed plan is the one iteration 0 of that run trains.
@@ -14,17 +14,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
+from flowrl.config.compose import compose
 
 
 def compose_plan(overrides: list[str], iteration: int = 0):

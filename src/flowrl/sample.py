@@ -15,7 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from flowrl.config.compose import CONF_DIR
+from flowrl.config.errors import exit_on_user_error
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -51,9 +52,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
+def cli() -> None:
+    """`flowrl-sample`: the command line checked first, then Hydra's main."""
+    from flowrl.entry import run_checked
+
+    run_checked(main, "sample")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

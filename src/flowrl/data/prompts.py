@@ -26,7 +26,7 @@ def shapes_prompts(train_split: str = "train", val_split: str = "heldout") -> Pr
 
 def read_prompt_file(path: str | Path) -> list[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
-    from flowrl.errors import ConfigError
+    from flowrl.config.errors import ConfigError
 
     path = Path(path).expanduser()
     if not path.is_file():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from flowrl.model_files import check_flux
+from flowrl.config.model_files import check_flux
 from flowrl.models.base import PromptEmbeds
 from flowrl.models.diffusers_base import (
     DiffusersFlowModel,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from flowrl.model_files import check_sd3
+from flowrl.config.model_files import check_sd3
 from flowrl.models.base import PromptEmbeds
 from flowrl.models.diffusers_base import (
     DiffusersFlowModel,

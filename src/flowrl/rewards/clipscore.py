@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from flowrl.errors import require_path
+from flowrl.config.errors import require_path
 from flowrl.rewards.clip import OpenClipReward
 from flowrl.rewards.loading import resolve_device
 

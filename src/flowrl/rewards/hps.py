@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowrl.errors import require_path
+from flowrl.config.errors import require_path
 from flowrl.rewards.clip import OpenClipReward
 from flowrl.rewards.loading import resolve_device
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flowrl.errors import require_path
+from flowrl.config.errors import require_path
 from flowrl.rewards.base import RewardModel
 from flowrl.rewards.clip import clip_preprocess
 from flowrl.rewards.loading import (

@@ -1,7 +1,7 @@
 """What the reward loaders for real checkpoints share: device / dtype resolution, batching, and
 one-line errors for a missing or a wrong checkpoint file.
 
-Order of work in every loader: check the files exist (`flowrl.errors.require_path`, cheap), then
+Order of work in every loader: check the files exist (`flowrl.config.errors.require_path`, cheap), then
 import open_clip / transformers (seconds), then read the weights (gigabytes). A missing file is
 a `CheckpointNotFound`; a file that exists but is not what the loader expects (unreadable, keys
 of another model, tensors of other shapes) is a `CheckpointFormatError`. Both are
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from flowrl.errors import UserFacingError
+from flowrl.config.errors import UserFacingError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 DTYPES |= {"float16": torch.float16, "fp16": torch.float16}

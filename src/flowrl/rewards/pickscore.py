@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from flowrl.errors import CheckpointNotFound, require_path
+from flowrl.config.errors import CheckpointNotFound, require_path
 from flowrl.rewards.base import RewardModel
 from flowrl.rewards.clip import CLIP_MEAN, CLIP_STD, clip_preprocess
 from flowrl.rewards.loading import CheckpointFormatError, in_batches, resolve_device, resolve_dtype

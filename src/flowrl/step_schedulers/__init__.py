@@ -1,13 +1,6 @@
-"""GRPO variants as step schedulers (one algorithm per file)."""
+"""GRPO variants as step schedulers: the base class (base.py), one file per variant, shared helpers
+in _common.py. A variant file imports the contract, the math and _common, never another variant."""
 
-from flowrl.step_schedulers.base import (
-    Branch,
-    Jump,
-    StepPlan,
-    StepScheduler,
-    StepSettings,
-    UpdateSchedule,
-    group_normalize,
-)
+from flowrl.step_schedulers.base import StepScheduler
 
-__all__ = ["Branch", "Jump", "StepPlan", "StepScheduler", "StepSettings", "UpdateSchedule", "group_normalize"]
+__all__ = ["StepScheduler"]

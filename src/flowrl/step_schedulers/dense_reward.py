@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flowrl.step_schedulers.base import StepPlan, StepSettings, check_rewards, flow_grpo_std_dev_t
+from flowrl.contract import StepPlan, StepSettings, check_rewards
+from flowrl.step_schedulers._common import flow_grpo_std_dev_t
 from flowrl.step_schedulers.uniform import UniformStepScheduler
 
 CALIBRATION_DEFAULTS = {"iterations": 0, "num_samples": None, "eps1": 2.0, "eps2": 0.01, "min_std": 0.0, "max_std": None}

@@ -32,16 +32,9 @@ import math
 
 import torch
 
-from flowrl.step_schedulers.base import (
-    Branch,
-    Jump,
-    StepPlan,
-    StepScheduler,
-    StepSettings,
-    branch_group_advantages,
-    check_rewards,
-    strided_completion,
-)
+from flowrl.contract import Branch, Jump, StepPlan, StepSettings, branch_group_advantages, check_rewards
+from flowrl.step_schedulers._common import strided_completion
+from flowrl.step_schedulers.base import StepScheduler
 from flowrl.step_schedulers.uniform import update_schedule
 
 

@@ -22,16 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from flowrl.step_schedulers.base import (
-    Branch,
-    Jump,
-    StepPlan,
-    StepScheduler,
-    StepSettings,
-    branch_group_advantages,
-    check_rewards,
-    strided_completion,
-)
+from flowrl.contract import Branch, Jump, StepPlan, StepSettings, branch_group_advantages, check_rewards
+from flowrl.step_schedulers._common import strided_completion
+from flowrl.step_schedulers.base import StepScheduler
 from flowrl.step_schedulers.entropy_merge import check_granularities
 from flowrl.step_schedulers.uniform import update_schedule
 

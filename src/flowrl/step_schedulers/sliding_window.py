@@ -35,7 +35,8 @@ import math
 
 import torch
 
-from flowrl.step_schedulers.base import Jump, StepPlan, StepScheduler, StepSettings, check_rewards
+from flowrl.contract import Jump, StepPlan, StepSettings, check_rewards
+from flowrl.step_schedulers.base import StepScheduler
 from flowrl.step_schedulers.uniform import update_schedule
 
 STRATEGIES = ("progressive", "decay", "exp_decay", "random")

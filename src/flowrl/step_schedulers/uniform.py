@@ -17,14 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from flowrl.step_schedulers.base import (
-    Jump,
-    StepPlan,
-    StepScheduler,
-    StepSettings,
-    UpdateSchedule,
-    check_rewards,
-)
+from flowrl.contract import Jump, StepPlan, StepSettings, UpdateSchedule, check_rewards
+from flowrl.step_schedulers.base import StepScheduler
 
 SELECTIONS = ("random_per_sample", "first")
 

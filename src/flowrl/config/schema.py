@@ -1,6 +1,6 @@
 """Schemas of the config groups (pydantic), checked right after composition, before any model,
 reward or Lightning import, so that a bad value fails in about a second with one line that
-names the key, the value and what is allowed (flowrl.errors.ConfigError, exit status 2).
+names the key, the value and what is allowed (flowrl.config.errors.ConfigError, exit status 2).
 
 Each group's schema holds the keys every option of the group shares; a method's own knobs (tau,
 window_size, ...) are checked here where they have a range, and again by its step scheduler's
@@ -161,7 +161,7 @@ def check_config(cfg) -> None:
     """Raise ConfigError (one line) for the first value of `cfg` that cannot run."""
     from omegaconf import OmegaConf
 
-    from flowrl.errors import ConfigError
+    from flowrl.config.errors import ConfigError
 
     for group, schema in SCHEMAS.items():
         node = cfg.get(group)
@@ -176,7 +176,7 @@ def check_config(cfg) -> None:
             schema.model_validate(data)
         except ValidationError as err:
             raise ConfigError(*_first_error(err, group, data)) from None
-    from flowrl.budget import Budget
+    from flowrl.training.budget import Budget
 
     Budget.from_config(cfg.get("budget"))  # at most one budget (torch-free, so in well under a second)
     m, t = cfg.method, cfg.train
@@ -211,9 +211,9 @@ def check_config(cfg) -> None:
 
 
 def check_model_files(cfg) -> None:
-    """The model's checkpoint files, by the check `flowrl.model_files` has for its loader module
+    """The model's checkpoint files, by the check `flowrl.config.model_files` has for its loader module
     (which names the file and where it is published), without importing torch or the model."""
-    from flowrl.model_files import CHECKS
+    from flowrl.config.model_files import CHECKS
 
     model = cfg.get("model")
     target = model.get("_target_") if model is not None else None
@@ -227,7 +227,7 @@ def check_step_scheduler(cfg) -> None:
     train.prompts_per_step prompts: its own checks (cheap: no model) as one line."""
     from hydra.utils import instantiate
 
-    from flowrl.errors import UserFacingError
+    from flowrl.config.errors import UserFacingError
 
     try:
         sched = instantiate(cfg.method.step_scheduler)

@@ -16,9 +16,9 @@ import time
 import lightning.pytorch.loggers.mlflow as lightning_mlflow
 import torch
 
-import flowrl.modules.grpo_module as grpo_module
-from flowrl.plan import compose
-from flowrl.train import train
+import flowrl.training.module as grpo_module
+from flowrl.config.compose import compose
+from flowrl.training.loop import train
 
 TOTALS = collections.defaultdict(lambda: [0.0, 0.0, 0])  # phase -> [wall s, cpu s, calls]
 

@@ -7,7 +7,7 @@ tau, group_size, clip_eps, seed, sweep, budget). Experiments are tagged
 mlflow.experimentKind=custom_model_development so the MLflow 3 UI opens on their runs.
 
 mlflow and lightning take seconds to import, so they are imported inside the functions:
-`import flowrl.tracking` stays cheap (config tooling and tests import it without training).
+`import flowrl.training.tracking` stays cheap (config tooling and tests import it without training).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ What the next iteration depends on, each in a format that loads without unpickli
                           numpy's RNG states, the MLflow run id, the config the run was started with
 
 The prompt sampler needs no state of its own: batch i is drawn from a generator seeded by
-(seed, i) (flowrl.train.PromptBatches), so the iteration count is its position.
+(seed, i) (flowrl.training.build.PromptBatches), so the iteration count is its position.
 
 A checkpoint is written to `iter_<N>.tmp/` and renamed into place, so a crash while writing (a
 full disk, a kill) leaves the previous checkpoints as they were; only the last `keep` are kept.

@@ -11,8 +11,8 @@ does), one prompt per iteration, a FLUX-architecture model with random weights:
       wall time of one GRPO iteration: rollout + advantages + training forwards/backwards.
 Plus the embedded model's cost by patch size (why the shipped model uses 4x4 patches).
 
-    python -m flowrl.bench                      # the full run (make bench), < 10 min on 2 cores
-    python -m flowrl.bench --quick --out /tmp/b # tiny sizes, < 60 s (the test)
+    python -m benchmarks.bench                      # the full run (make bench), < 10 min on 2 cores
+    python -m benchmarks.bench --quick --out /tmp/b # tiny sizes, < 60 s (the test)
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from pathlib import Path
 
 import torch
 
-from flowrl.sampling.rollout import chunks
+from flowrl.config.compose import CONF_DIR
+from flowrl.engine.rollout import chunks
 from flowrl.sampling.steps import ode_step
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "bench"
-CONF_METHODS = Path(__file__).resolve().parents[2] / "conf" / "method"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "experiments" / "bench"
+CONF_METHODS = Path(CONF_DIR) / "method"
 METHODS = tuple(sorted(p.stem for p in CONF_METHODS.glob("*.yaml")))  # every method config, no list kept here
 PROMPT = "a red circle on a blue background"
 
@@ -199,7 +200,7 @@ def compose_method(method: str, overrides: list[str]) -> MethodSetup:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from flowrl.plan import CONF_DIR
+    from flowrl.config.compose import CONF_DIR
 
     ov = [f"method={method}", *overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -221,9 +222,9 @@ def optimizer_step_fn(model, opt, grad_clip: float):
 
 
 def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch: int, micro_batch: int | None, device) -> dict:
-    from flowrl.sampling.rollout import jump_log_prob, rollout
-    from flowrl.step_schedulers.base import RewardScores
-    from flowrl.update import LossConfig, policy_update
+    from flowrl.contract import RewardScores
+    from flowrl.engine.rollout import jump_log_prob, rollout
+    from flowrl.engine.update import LossConfig, policy_update
 
     cfg, sched = setup.cfg, setup.step_scheduler
     plan = sched.plan(0, torch.Generator().manual_seed(0))
@@ -447,7 +448,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict], patch_rows: list[dict], wall_s: float) -> str:
-    cmd = " ".join(["python -m flowrl.bench", *args.argv])
+    cmd = " ".join(["python -m benchmarks.bench", *args.argv])
     lines = [
         "# flowrl bench",
         "",
@@ -456,7 +457,7 @@ def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict
         f"1-min load average {machine['load_avg_1min']:.2f} at the start, {machine['load_avg_end']:.2f} at the end "
         "(the machine is shared: compare figures within one run only).",
         "",
-        f"Command: `{cmd}` (`make bench` runs `python -m flowrl.bench`); whole run {wall_s:.0f} s.",
+        f"Command: `{cmd}` (`make bench` runs `python -m benchmarks.bench`); whole run {wall_s:.0f} s.",
         "",
         f"Model: {model_desc}, random weights. One no-grad forward costs "
         + ", ".join(f"{1000 * s:.1f} ms at batch {b}" for b, s in fwd_cost.items())
@@ -583,7 +584,7 @@ def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict
         "",
         "## (c) Budget per prompt (from the plan) and measured wall per iteration",
         "",
-        "Iteration = engine rollout + advantages + `flowrl.update.policy_update` over the trained jumps "
+        "Iteration = engine rollout + advantages + `flowrl.engine.update.policy_update` over the trained jumps "
         "(GRPO loss, KL to a frozen reference where kl_beta > 0, AdamW steps where the method's plan puts "
         "them, full fine-tune). "
         "`train rows` = rows through a training forward/backward: one per start state, shared by the "
@@ -646,12 +647,12 @@ def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict
 
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--suite" in argv:  # --suite gpu: the one-call GPU suite (flowrl.bench_gpu)
+    if "--suite" in argv:  # --suite gpu: the one-call GPU suite (benchmarks.gpu)
         i = argv.index("--suite")
         suite = argv[i + 1] if i + 1 < len(argv) else ""
         if suite != "gpu":
-            raise SystemExit(f"flowrl.bench: --suite takes 'gpu', got {suite!r}")
-        from flowrl import bench_gpu
+            raise SystemExit(f"benchmarks.bench: --suite takes 'gpu', got {suite!r}")
+        from benchmarks import gpu as bench_gpu
 
         bench_gpu.main(argv[:i] + argv[i + 2 :])
         return []

@@ -1,4 +1,4 @@
-"""`make bench-gpu` / `python -m flowrl.bench --suite gpu`: the GPU figures, in one call of under
+"""`make bench-gpu` / `python -m benchmarks.bench --suite gpu`: the GPU figures, in one call of under
 8 minutes on one H200, written to experiments/bench/gpu.md (+ gpu.csv).
 
   1. a FLUX.1-dev-sized FluxTransformer2DModel from its published config (random weights, nothing
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[2] / "experiments" / "bench"
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "bench"
 
 # black-forest-labs/FLUX.1-dev transformer/config.json (the published architecture, 11.9 B parameters)
 FLUX_DEV = {
@@ -221,8 +221,8 @@ def bench_transformer(report: Report, cfg: dict, size: Size, device, compile_too
 def bench_egrpo_rollout(report: Report, model: RandomFlux, device, overrides: list[str], max_batch: int):
     from hydra.utils import instantiate
 
-    from flowrl.bench import TimedModel, compose_method
-    from flowrl.sampling.rollout import rollout
+    from benchmarks.bench import TimedModel, compose_method
+    from flowrl.engine.rollout import rollout
 
     setup = compose_method("egrpo", overrides)
     plan = instantiate(setup.cfg.method.step_scheduler).plan(0)
@@ -282,12 +282,12 @@ def bench_lora_step(report: Report, model: RandomFlux, device, batch: int):
 
 
 def bench_toy_iterations(report: Report, device, quick: bool):
-    from flowrl.bench import METHODS, compose_method, optimizer_step_fn
+    from benchmarks.bench import METHODS, compose_method, optimizer_step_fn
+    from flowrl.contract import RewardScores
+    from flowrl.engine.rollout import rollout
+    from flowrl.engine.update import LossConfig, policy_update
     from flowrl.models.tiny_flux import TinyFluxModel
     from flowrl.rewards.shapes import ShapesReward
-    from flowrl.sampling.rollout import rollout
-    from flowrl.step_schedulers.base import RewardScores
-    from flowrl.update import LossConfig, policy_update
 
     reward = ShapesReward()
     for method in METHODS:
@@ -337,7 +337,7 @@ def render(report: Report, args) -> str:
     lines = [
         "# flowrl GPU bench" + (" (dry run on the CPU: scaled-down sizes, not GPU figures)" if report.dry_run else ""),
         "",
-        f"Device: {report.device}; torch {torch.__version__}. Command: `python -m flowrl.bench --suite gpu"
+        f"Device: {report.device}; torch {torch.__version__}. Command: `python -m benchmarks.bench --suite gpu"
         + (" --dry-run" if report.dry_run else "")
         + "`.",
         "",
@@ -350,14 +350,14 @@ def render(report: Report, args) -> str:
 
 
 def main(argv: list[str] | None = None) -> Report:
-    p = argparse.ArgumentParser(prog="python -m flowrl.bench --suite gpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench --suite gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="the same code on the CPU at scaled-down sizes (seconds)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing (its warm-up is the slowest part)")
     args = p.parse_args(argv)
     device = "cpu" if args.dry_run or not torch.cuda.is_available() else "cuda"
     if device == "cpu" and not args.dry_run:
-        raise SystemExit("flowrl.bench --suite gpu: no CUDA device (use --dry-run to check the code path on the CPU)")
+        raise SystemExit("benchmarks.bench --suite gpu: no CUDA device (use --dry-run to check the code path on the CPU)")
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     report = Report(name, args.dry_run)
     cfg = DRY if args.dry_run else FLUX_DEV

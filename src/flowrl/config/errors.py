@@ -54,3 +54,36 @@ class TrainingDiverged(UserFacingError):
 
 class CheckpointFailed(UserFacingError):
     """A checkpoint a stop request asked for could not be written (e.g. a full disk)."""
+
+
+def exit_on_user_error(fn):
+    """Run an entry point; a UserFacingError (missing checkpoint, bad value) is printed as one
+    line, exit status 2, no traceback (HYDRA_FULL_ERROR=1 keeps it). Inside a multirun the job
+    fails instead (a plain exception, which Hydra records), so that the other jobs still run."""
+    import functools
+    import os
+    import sys
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            cause = err  # hydra's instantiate wraps what a _target_ raised: walk the chain
+            while cause is not None and not isinstance(cause, UserFacingError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"flowrl: {cause}", file=sys.stderr)
+            if _in_multirun():
+                raise RuntimeError(f"flowrl: {cause}") from None
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

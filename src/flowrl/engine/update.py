@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flowrl.losses.grpo import grpo_loss
-from flowrl.sampling.rollout import Rollout, chunks, jump_log_prob
+from flowrl.engine.loss import grpo_loss
+from flowrl.engine.rollout import Rollout, chunks, jump_log_prob
 
 KL_FORMS = ("official", "transition")
 

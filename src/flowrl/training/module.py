@@ -1,7 +1,7 @@
 """The one LightningModule: plan -> rollout -> reward -> advantages -> policy update.
 
 Reads top to bottom in training_step. The step scheduler's plan of the iteration is built once
-and is all that the rollout engine and the policy update see; the update (flowrl.update, the one
+and is all that the rollout engine and the policy update see; the update (flowrl.engine.update, the one
 trained-jump loop) places the optimizer steps where the plan says (per trained timestep for
 E-GRPO / G²RPO, every few samples for DanceGRPO / MixGRPO, per share of the rollout for Flow-GRPO
 / DenseGRPO: what each official script does). Manual optimization. The training forward
@@ -10,33 +10,31 @@ optimizer step of every iteration (tested bit for bit).
 
 Metrics are logged at step = iterations completed (train: 1..N; held-out: 0 before training,
 then every `trainer.val_check_interval` iterations or, with a budget, at 25 / 50 / 75% of it:
-flowrl.run_control), whatever the number of optimizer steps.
+flowrl.training.run_control), whatever the number of optimizer steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 
-from flowrl.modules.ema import EMA
+from flowrl.contract import RewardScores
+from flowrl.engine.rollout import Rollout, jump_log_prob, rollout
+from flowrl.engine.update import LossConfig, policy_update
 from flowrl.sampling.ode import generate
-from flowrl.sampling.rollout import Rollout, jump_log_prob, rollout
-from flowrl.step_schedulers.base import RewardScores
-from flowrl.update import LossConfig, policy_update
-
-LOSS_METRICS = ("train/loss", "train/policy_loss", "train/kl_loss", "train/ratio_mean", "train/clip_frac", "train/approx_kl")
-SKIP_CAUSES = ("reward", "advantage", "log_prob", "loss", "gradient")  # why an optimizer step was skipped
+from flowrl.training.ema import EMA
+from flowrl.training.metrics import iteration_metrics, log_metrics
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
-    weight_decay: float = 1e-4  # every official script (AdamW, betas 0.9 / 0.999, eps 1e-8)
+    lr: float = 1e-5  # method.lr x train.lr_scale, given to the optimizer factory
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # > 0: keep an EMA of the trained weights; evaluation and the final model use it
     ema_every: int = 1  # average in every n-th optimizer step
@@ -63,6 +61,8 @@ class GRPOModule(L.LightningModule):
         shift: float = 3.0,
         max_batch: int = 64,
         optim: OptimConfig | None = None,
+        optimizer=None,
+        lr_scheduler=None,
         loss: LossConfig | None = None,
         val: ValConfig | None = None,
         seed: int = 0,
@@ -74,6 +74,9 @@ class GRPOModule(L.LightningModule):
         self.eval_rewards = torch.nn.ModuleDict(dict(eval_rewards))
         self.step_scheduler = step_scheduler
         self.optim = optim or OptimConfig()
+        # factories from the config (`optimizer:` / `lr_scheduler:` in conf/train.yaml, Hydra _partial_)
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, weight_decay=1e-4)
+        self.lr_scheduler_factory = lr_scheduler
         self.loss_cfg = loss or LossConfig()
         self.val_cfg = val or ValConfig()
         self.max_batch = max_batch
@@ -149,13 +152,21 @@ class GRPOModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("nothing to train: the model has no trainable parameters")
-        return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        opt = self.optimizer_factory(params, lr=self.optim.lr)
+        if self.lr_scheduler_factory is None:
+            return opt
+        # the schedule is a function of the optimizer steps done: a resumed run's scheduler starts
+        # where the checkpoint's left off (last_epoch = steps done - 1; torch then needs initial_lr)
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        sched = self.lr_scheduler_factory(opt, last_epoch=self.optimizer_steps_done - 1)
+        return {"optimizer": opt, "lr_scheduler": sched}
 
     # ---- training -------------------------------------------------------------------------
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The trained reward's parts for a chunk of images (the engine calls this per chunk). A
         reward model that raises ends the run with its error in one line (RewardFailed)."""
-        from flowrl.errors import RewardFailed
+        from flowrl.config.errors import RewardFailed
 
         try:
             return self.reward.components(images, prompts)
@@ -187,8 +198,23 @@ class GRPOModule(L.LightningModule):
         rollout_s = time.perf_counter() - start
         # 3. group-relative advantages, one [M_j, K_j] tensor per jump (the jump sets' layout)
         adv = self.step_scheduler.advantages(scores, plan, prompts)
-        # 4. the policy update: the plan's trained jumps, its optimizer steps; a non-finite
-        # reward, advantage, log-prob, loss or gradient skips the update it would enter
+        # 4. the policy update: the plan's trained jumps, its optimizer steps
+        stats = self.update_policy(plan, ro, scores, adv, len(prompts))
+        # 5. what it cost, then the metrics (namespaced) at step = iterations completed
+        budget = plan.budget()
+        world = self.trainer.world_size if self._trainer is not None else 1  # every rank spends its own
+        self.iteration += 1
+        self.nfe_total += budget["nfe_per_prompt"] * len(prompts) * world
+        self.reward_queries_total += budget["reward_queries_per_prompt"] * len(prompts) * world
+        self.wall_total += time.perf_counter() - start
+        metrics = iteration_metrics(self, scores, adv, stats, ro, rollout_s, time.perf_counter() - start)
+        log_metrics(self, metrics, stats, ro, len(prompts), scores.total.mean().item())
+        self._check_divergence()
+        return None
+
+    def update_policy(self, plan, ro: Rollout, scores: RewardScores, adv: list[torch.Tensor], num_prompts: int):
+        """policy_update with this module's optimizer step; a non-finite reward, advantage,
+        log-prob, loss or gradient skips the update it would enter. Returns the UpdateStats."""
         self.model.train()
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
@@ -197,9 +223,9 @@ class GRPOModule(L.LightningModule):
         if bad_input is None and not all(torch.isfinite(a).all() for a in adv):
             bad_input = "advantage"
         if bad_input is not None:
-            from flowrl.update import UpdateStats
+            from flowrl.engine.update import UpdateStats
 
-            n_steps = len(plan.optimizer_steps(len(prompts)))
+            n_steps = len(plan.optimizer_steps(num_prompts))
             stats = UpdateStats()
             for _ in range(n_steps):  # every rank calls the same optimizer steps (DDP)
                 if self._optimizer_step(opt, bad_input) is not None:
@@ -219,58 +245,7 @@ class GRPOModule(L.LightningModule):
                 )
         # an iteration with a skipped update counts toward train.max_consecutive_skips
         self.consecutive_skips = self.consecutive_skips + 1 if self.skipped_updates > skips_before else 0
-        # 5. what it cost and metrics (namespaced), at step = iterations completed
-        budget = plan.budget()
-        world = self.trainer.world_size if self._trainer is not None else 1  # every rank spends its own
-        self.iteration += 1
-        self.nfe_total += budget["nfe_per_prompt"] * len(prompts) * world
-        self.reward_queries_total += budget["reward_queries_per_prompt"] * len(prompts) * world
-        self.wall_total += time.perf_counter() - start
-        flat_adv = torch.cat([a.flatten() for a in adv])
-        # one fixed set of keys (under DDP every rank all-reduces the same vector): NaN where a
-        # quantity does not exist this iteration (all its updates skipped); NaNs are not logged
-        metrics = dict.fromkeys(LOSS_METRICS, float("nan")) | stats.mean_metrics()
-        metrics["train/skipped_updates"] = float(self.skipped_updates)
-        for cause in SKIP_CAUSES:
-            metrics[f"train/skipped/{cause}"] = float(stats.skipped.count(cause)) if cause in stats.skipped else float("nan")
-        for name, part in scores.parts.items():
-            metrics[f"train/reward/{name}"] = part.mean().item()
-        metrics.update(
-            {
-                "train/reward_std": scores.total.std().item(),
-                "train/adv_std": flat_adv.std().item(),
-                "train/adv_abs_mean": flat_adv.abs().mean().item(),
-                "train/first_step_ratio_mean": stats.first_step_ratio_mean
-                if stats.first_step_ratio_mean is not None
-                else float("nan"),
-                "perf/nfe": float(ro.nfe),
-                "perf/forwards": float(ro.forwards),
-                "perf/optimizer_steps": float(stats.optimizer_steps),
-                "perf/nfe_total": float(self.nfe_total),
-                "perf/reward_queries_total": float(self.reward_queries_total),
-                "perf/wall_total": self.wall_total,
-                "perf/rollout_s": rollout_s,
-                "perf/iteration_s": time.perf_counter() - start,
-            }
-        )
-        if stats.skipped and hasattr(self.logger, "run_id"):
-            self.logger.experiment.set_tag(
-                self.logger.run_id, "last_skip_cause", f"{stats.skipped[-1]} (iteration {self.iteration})"
-            )
-        if self._trainer is not None and self.trainer.world_size > 1:  # scalars only cross ranks: their mean
-            from flowrl.distributed import mean_over_ranks
-
-            metrics = mean_over_ranks(metrics, self.trainer.strategy)
-        if self.logger is not None:
-            self.logger.log_metrics({k: v for k, v in metrics.items() if v == v}, step=self.iteration)  # NaN: left out
-        self._check_divergence()
-        # bar only; MLflow gets train/reward/<name>
-        self.log("reward", scores.total.mean().item(), prog_bar=True, logger=False, batch_size=len(prompts))
-        if (self.iteration - 1) % max(1, self.val_cfg.train_grid_every) == 0 and hasattr(self.logger, "run_id"):
-            from flowrl.tracking import log_image_grid
-
-            log_image_grid(self.logger, ro.images[: self.val_cfg.grid_prompts * 4], "train", step=self.iteration, nrow=8)
-        return None
+        return stats
 
     def calibrate(self, prompts: list[str], logger=None) -> dict | None:
         """The step scheduler's optional pre-training phase (e.g. DenseGRPO's exploration
@@ -329,7 +304,7 @@ class GRPOModule(L.LightningModule):
             self._skip(cause)
             return cause
         if self.optim.grad_clip > 0:
-            from flowrl.distributed import is_fsdp
+            from flowrl.training.distributed import is_fsdp
 
             if is_fsdp(self._trainer):  # Lightning refuses norm clipping under FSDP: the root module's own
                 self.trainer.strategy.model.clip_grad_norm_(self.optim.grad_clip)
@@ -337,6 +312,8 @@ class GRPOModule(L.LightningModule):
                 self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if self.lr_scheduler_factory is not None:
+            self.lr_schedulers().step()
         if self.ema is not None:
             self.ema.update(self.optimizer_steps_done)
         self.optimizer_steps_done += 1
@@ -347,7 +324,7 @@ class GRPOModule(L.LightningModule):
         self.last_skip_cause = cause
 
     def _check_divergence(self) -> None:
-        from flowrl.errors import TrainingDiverged
+        from flowrl.config.errors import TrainingDiverged
 
         if self.max_consecutive_skips > 0 and self.consecutive_skips >= self.max_consecutive_skips:
             raise TrainingDiverged(
@@ -391,7 +368,7 @@ class GRPOModule(L.LightningModule):
             metrics = {f"val/reward/{name}": v for name, v in means.items()}
             self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
         if hasattr(self.logger, "run_id"):
-            from flowrl.tracking import log_image_grid
+            from flowrl.training.tracking import log_image_grid
 
             grid = images[: cfg.grid_prompts * cfg.samples_per_prompt]
             log_image_grid(self.logger, grid, "val", step=self.iteration, nrow=cfg.samples_per_prompt * 4)

@@ -6,7 +6,7 @@
 
 The run stops after the iteration that reaches the budget (so at most one iteration over it) and
 evaluates the held-out prompts at fixed fractions of it: 0 (before training) and 100% (after)
-as every run does, and 25 / 50 / 75% in between (flowrl.run_control), each logged with the NFE
+as every run does, and 25 / 50 / 75% in between (flowrl.training.run_control), each logged with the NFE
 spent (`val/nfe_total`), so that curves of different methods share an x-axis. Every iteration
 logs `perf/nfe_total`, `perf/reward_queries_total` and `perf/wall_total`.
 """
@@ -28,7 +28,7 @@ class Budget:
     @classmethod
     def from_config(cls, node) -> Budget | None:
         """The one budget set in the `budget:` config block, or None (run train.iterations)."""
-        from flowrl.errors import UserFacingError
+        from flowrl.config.errors import UserFacingError
 
         given = {k: v for k, v in dict(node or {}).items() if v is not None}
         unknown = set(given) - set(KINDS)
@@ -52,12 +52,8 @@ class Budget:
     def max_iterations(self, cost_per_iteration: dict[str, float]) -> int:
         """Iterations the prompt sampler yields. NFE and reward queries per iteration are the
         plan's, so the run is exactly the iterations that reach the budget; a wall-clock budget
-        gets a cap it will not reach and the run is stopped (flowrl.run_control)."""
+        gets a cap it will not reach and the run is stopped (flowrl.training.run_control)."""
         if self.kind == "wall_s":
             return 10**7
         return math.ceil(self.amount / cost_per_iteration[self.kind])
 
-
-def iteration_cost(plan, num_prompts: int) -> dict[str, float]:
-    b = plan.budget()
-    return {"nfe": b["nfe_per_prompt"] * num_prompts, "reward_queries": b["reward_queries_per_prompt"] * num_prompts}

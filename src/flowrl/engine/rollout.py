@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+from flowrl.contract import StepPlan, StepSettings
 from flowrl.models.base import PromptEmbeds
 from flowrl.sampling.steps import ode_step, predict_x0
-from flowrl.step_schedulers.base import StepPlan, StepSettings
 
 ScoreFn = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]  # images [B,3,H,W], prompts -> {part: [B]}
 

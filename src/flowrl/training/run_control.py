@@ -16,7 +16,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from flowrl.budget import FRACTIONS, Budget
+from flowrl.training.budget import FRACTIONS, Budget
 
 
 class Preempted(BaseException):

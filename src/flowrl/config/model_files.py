@@ -1,4 +1,4 @@
-"""The checks on a model's checkpoint files that `flowrl.schema` runs before anything heavy.
+"""The checks on a model's checkpoint files that `flowrl.config.schema` runs before anything heavy.
 
 Torch-free on purpose (and outside `flowrl.models`, whose package import loads torch): a
 missing checkpoint is reported in about half a second, not after the 2-3 s torch import. Each
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flowrl.errors import CheckpointNotFound
+from flowrl.config.errors import CheckpointNotFound
 
 FLUX_REPO = "black-forest-labs/FLUX.1-dev"
 SD3_REPO = "stabilityai/stable-diffusion-3.5-medium"

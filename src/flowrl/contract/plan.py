@@ -1,0 +1,416 @@
+"""The step-scheduler interface: where a GRPO variant puts its stochasticity, how it groups
+samples, which steps it trains and where its optimizer steps fall. Everything else (model,
+rollout engine, loss, trainer) is shared.
+
+One contract crosses each border, once per iteration:
+
+    plan = step_scheduler.plan(iteration, generator)   # frozen: all the engine and the update see
+    ro   = rollout(model, plan, prompts, score_fn, ...) # sampling/rollout.py
+    adv  = step_scheduler.advantages(scores, plan, prompts)  # one [M_j, K_j] tensor per jump
+    policy_update(model, plan, ro, adv, ...)            # flowrl/update.py: the trained-jump loop
+
+Sigma indices run 0..T (sigmas[0] = 1 is noise, sigmas[T] = 0 the image); a Jump start -> stop is
+one model evaluation (NFE) that moves x from sigmas[start] to sigmas[stop] stochastically, with
+the StepSettings it carries. Deterministic steps are Euler ODE steps.
+
+Layouts (P prompts, G samples per group, J = len(plan.jumps)), prompt-major throughout:
+  rewards the engine hands back: [P, G, *plan.score_shape]
+    "sde" trajectories: [P, G] (the scored final image), or [P, G, T+1] with intermediate completions
+    "anchor" trajectories: [P, G, B, C] (branch, completion schedule)
+  the engine's jump sets: jump j has M_j start states with K_j successors each:
+    "sde": M = P*G (sample p*G+g), K = 1;  "anchor": M = P (the prompt's anchor state), K = G
+  advantages: one tensor per jump, [M_j, K_j] (the jump set's own layout)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from flowrl.sampling.steps import LOG_PROBS, SDEStepOutput, dance_sde_step, ode_step, sde_step
+
+STEP_KINDS = ("ode", "dance", "sde", "cps")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How one transition is taken and how its log-prob is evaluated: everything the engine and
+    the policy update need to know about it, so neither calls back into the step scheduler.
+
+    kind: "ode" (Euler), "dance" (DanceGRPO step, eta = noise_level), "sde" (Flow-GRPO SDE,
+    a = noise_level), "cps" (coefficients-preserving sampling, a = noise_level).
+    std_dev_t: "sde" only, the diffusion coefficient itself instead of a*sqrt(sigma/(1-sigma))
+    (DenseGRPO's psi(t)). sigma_max: the sigma in std_dev_t's denominator where sigma = 1 (the
+    schedule's sigmas[1], as flow_grpo). log_prob: "gaussian" | "mse" (official CPS form)."""
+
+    kind: str = "sde"
+    noise_level: float = 0.0
+    std_dev_t: float | None = None
+    sigma_max: float | None = None
+    log_prob: str = "gaussian"
+
+    def __post_init__(self):
+        if self.kind not in STEP_KINDS:
+            raise ValueError(f"step kind must be one of {STEP_KINDS}, got {self.kind!r}")
+        if self.noise_level < 0 or (self.std_dev_t is not None and self.std_dev_t < 0):
+            raise ValueError(f"noise level must be >= 0, got {self.noise_level} (std_dev_t {self.std_dev_t})")
+        if self.std_dev_t is not None and self.kind != "sde":
+            raise ValueError(f"std_dev_t goes with kind 'sde' only, got kind {self.kind!r}")
+        if self.log_prob not in LOG_PROBS:
+            raise ValueError(f"log_prob must be one of {LOG_PROBS}, got {self.log_prob!r}")
+
+    def __call__(self, x, v, sigma, sigma_next, noise=None, prev_sample=None, generator=None) -> SDEStepOutput:
+        """One transition sigma -> sigma_next from x with velocity v(x, sigma); fp32 math."""
+        if self.kind == "ode":
+            x_next = ode_step(x, v, sigma, sigma_next)
+            zero = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+            mean = x_next.float()
+            return SDEStepOutput(x_next, mean, torch.zeros((), device=x.device), zero, torch.zeros((), device=x.device))
+        if self.kind == "dance":
+            return dance_sde_step(
+                x, v, sigma, sigma_next, eta=self.noise_level, noise=noise, prev_sample=prev_sample, generator=generator
+            )
+        return sde_step(
+            x,
+            v,
+            sigma,
+            sigma_next,
+            noise_level=self.noise_level,
+            noise=noise,
+            prev_sample=prev_sample,
+            generator=generator,
+            sigma_max=self.sigma_max,
+            sde_type=self.kind,
+            std_dev_t=self.std_dev_t,
+            log_prob=self.log_prob,
+        )
+
+    def to_dict(self) -> dict:
+        out = {"sde": self.kind, "noise_level": self.noise_level}
+        if self.std_dev_t is not None:
+            out["std_dev_t"] = self.std_dev_t
+        return out
+
+
+ODE = StepSettings("ode")
+
+
+@dataclass(frozen=True)
+class Jump:
+    """One stochastic transition sigmas[start] -> sigmas[stop] (stop > start), one NFE."""
+
+    start: int
+    stop: int
+    step: StepSettings = field(default_factory=StepSettings)
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "stop": self.stop, **self.step.to_dict()}
+
+
+@dataclass(frozen=True)
+class Branch:
+    """G samples leave the anchor state x_start with one SDE jump, then follow each deterministic
+    completion (sigma indices, rising to T) to a scored image. A completion normally starts where
+    the jump lands (completion[0] == jump.stop); the latent is treated as being at
+    sigmas[completion[0]] (E-GRPO's official sampler restarts at jump.start + 1: see entropy_merge)."""
+
+    jump: Jump
+    completions: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class TermBlock:
+    """The start states `rows` of jump `jump` whose transitions one optimizer step trains."""
+
+    jump: int  # index into plan.jumps
+    rows: torch.Tensor  # [R] long, sorted: start-state rows of the jump set (see the module docstring)
+
+
+OptimizerStep = tuple[TermBlock, ...]
+
+STEP_EVERY = ("jump", "samples", "rollout")
+
+
+@dataclass(frozen=True)
+class UpdateSchedule:
+    """Which jumps are trained this iteration and how their gradients are grouped into optimizer
+    steps. Every optimizer step's loss is the mean over its terms (one term per trained
+    (sample, jump)); the official scripts' normalisations all reduce to this.
+
+    trained: plan.jumps indices trained for every sample, or None with per_sample = (k, pool):
+      each sample trains k jumps drawn at random from jumps[:pool] (DanceGRPO).
+    step_every:
+      "jump": one optimizer step per trained jump, over all its samples (E-GRPO, G²RPO);
+      "samples": DanceGRPO's and MixGRPO's gradient_accumulation_steps. Their scripts hold
+        `prompts_per_rank` prompts (x G samples) per GPU, loop over a GPU's samples in order and
+        step every `samples_per_step` of them, the gradients averaged over the GPUs: global step o
+        is the o-th `samples_per_step` samples of every rank. flowrl's P prompts emulate P /
+        prompts_per_rank such ranks (1 prompt per GPU in finetune_flux_grpo.sh and the MixGRPO
+        script: 3 and 4 steps per iteration whatever P). A remainder makes a last, smaller step
+        (the official scripts let its gradient be zeroed at the next iteration);
+      "rollout": `steps_per_rollout` steps, each over an equal share of the (optionally
+        shuffled) samples and every trained jump (Flow-GRPO: 2; DenseGRPO: 1).
+    drop_zero_advantage: samples whose advantage is exactly 0 at every jump leave the update (their
+      terms neither count in the mean nor add a KL term), as flow_grpo's train_sd3.py filters them
+      ("sde" plans). Their rows are still evaluated with their chunk, keeping the rollout's batches.
+    seed: the random draws (per-sample jumps, the shuffle), frozen when the plan is built."""
+
+    trained: tuple[int, ...] | None = None
+    per_sample: tuple[int, int] | None = None
+    step_every: str = "rollout"
+    samples_per_step: int | None = None
+    prompts_per_rank: int = 1
+    steps_per_rollout: int = 1
+    shuffle: bool = False
+    drop_zero_advantage: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.trained is None) == (self.per_sample is None):
+            raise ValueError("an update schedule needs exactly one of `trained` and `per_sample`")
+        if self.step_every not in STEP_EVERY:
+            raise ValueError(f"step_every must be one of {STEP_EVERY}, got {self.step_every!r}")
+        if self.step_every == "samples" and (self.samples_per_step is None or self.samples_per_step < 1):
+            raise ValueError(f"step_every 'samples' needs samples_per_step >= 1, got {self.samples_per_step}")
+        if self.steps_per_rollout < 1 or self.prompts_per_rank < 1:
+            raise ValueError(
+                f"steps_per_rollout and prompts_per_rank must be >= 1, got {self.steps_per_rollout}, {self.prompts_per_rank}"
+            )
+        if self.per_sample is not None and not 1 <= self.per_sample[0] <= self.per_sample[1]:
+            raise ValueError(f"per_sample (k, pool) needs 1 <= k <= pool, got {self.per_sample}")
+
+    @property
+    def trained_per_sample(self) -> int:
+        return len(self.trained) if self.trained is not None else self.per_sample[0]
+
+    def to_dict(self) -> dict:
+        out = {"step_every": self.step_every}
+        if self.step_every == "samples":
+            out |= {"samples_per_step": self.samples_per_step, "prompts_per_rank": self.prompts_per_rank}
+        if self.step_every == "rollout":
+            out |= {"steps_per_rollout": self.steps_per_rollout, "shuffle": self.shuffle}
+        if self.drop_zero_advantage:
+            out["drop_zero_advantage"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What to roll out for one prompt this iteration, which transitions to train and where the
+    optimizer steps fall. Built once per iteration by the step scheduler, then read only."""
+
+    method: str
+    sigmas: tuple[float, ...]  # [T+1] the noise schedule, 1 -> 0
+    group_size: int  # G
+    trajectory: str  # "sde": G stochastic trajectories per prompt | "anchor": ODE anchor + branches
+    jumps: tuple[Jump, ...]  # the stochastic jumps of one generation
+    update: UpdateSchedule
+    same_initial_noise: bool  # the G samples of a group start from the same x_1
+    branches: tuple[Branch, ...] = ()  # "anchor" only
+    # "sde" only: for sigma index i (0..T-1), the ODE schedule that completes x_i to an image
+    # (DenseGRPO's intermediate rewards); empty = only the final image is scored.
+    intermediate_completions: tuple[tuple[int, ...], ...] = ()
+    # "sde" only: the scored final image is the last latent ("final") or the x0 prediction of
+    # the last step, x_{T-1} - sigma_{T-1} * v ("last_x0", DanceGRPO).
+    score: str = "final"
+    note: str = ""  # how trained steps are chosen, in words
+
+    def __post_init__(self):
+        t = self.num_steps
+        if self.trajectory not in ("sde", "anchor"):
+            raise ValueError(f"trajectory must be 'sde' or 'anchor', got {self.trajectory!r}")
+        if self.score not in ("final", "last_x0"):
+            raise ValueError(f"score must be 'final' or 'last_x0', got {self.score!r}")
+        if not self.jumps:
+            raise ValueError("a plan needs at least one stochastic jump")
+        if self.trajectory == "sde":
+            starts = [j.start for j in self.jumps]
+            if any(j.stop != j.start + 1 for j in self.jumps) or starts != sorted(set(starts)) or starts[-1] >= t:
+                raise ValueError(f"sde trajectories take single-step jumps in order within 0..{t}, got {self.jumps}")
+        else:
+            if self.intermediate_completions or self.score != "final":
+                raise ValueError("anchor plans score their completions; no intermediate completions or last_x0")
+            if len(self.branches) != len(self.jumps) or len({len(b.completions) for b in self.branches}) != 1:
+                raise ValueError("an anchor plan needs one branch per jump, each with the same number of completions")
+            for b, j in zip(self.branches, self.jumps):
+                if b.jump != j:
+                    raise ValueError(f"branch jump {b.jump} is not plan jump {j}")
+                for c in b.completions:
+                    if not (j.start < c[0] <= t and c[-1] == t and list(c) == sorted(set(c))):
+                        raise ValueError(f"completion {c} of jump {j} must rise from after {j.start} to {t}")
+        for i, c in enumerate(self.intermediate_completions):
+            if c[0] != i or c[-1] != t:
+                raise ValueError(f"intermediate completion {c} must run from {i} to {t}")
+        trained = self.update.trained if self.update.trained is not None else range(self.update.per_sample[1])
+        if any(not 0 <= j < len(self.jumps) for j in trained):
+            raise ValueError(f"trained jumps {list(trained)} must index the plan's {len(self.jumps)} jumps")
+        if self.trajectory == "anchor" and (self.update.per_sample is not None or self.update.step_every == "samples"):
+            raise ValueError("anchor plans train whole branches: no per-sample jumps, no step_every 'samples'")
+
+    # ---- the schedule ---------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def sigma_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.sigmas, dtype=torch.float32)
+
+    def step_at(self, i: int) -> StepSettings:
+        """ "sde" trajectories: how step i -> i+1 is taken (its jump's settings, else ODE)."""
+        for j in self.jumps:
+            if j.start == i:
+                return j.step
+        return ODE
+
+    def jump_layout(self, j: int, num_prompts: int) -> tuple[int, int]:
+        """(M, K) of jump j's jump set: start states and successors per start state."""
+        if self.trajectory == "sde":
+            return num_prompts * self.group_size, 1
+        return num_prompts, self.group_size
+
+    def per_jump(self, adv: torch.Tensor) -> list[torch.Tensor]:
+        """Advantages [P, G, J] -> one [M_j, K_j] tensor per jump, the jump sets' layout."""
+        p, g, n = adv.shape
+        if g != self.group_size or n != len(self.jumps):
+            raise ValueError(f"advantages must be [P, {self.group_size}, {len(self.jumps)}], got {tuple(adv.shape)}")
+        return [adv[:, :, j].reshape(self.jump_layout(j, p)) for j in range(n)]
+
+    @property
+    def score_shape(self) -> tuple[int, ...]:
+        """Trailing dims of the rewards the engine returns for this plan, after [P, G]."""
+        if self.trajectory == "anchor":
+            return (len(self.branches), len(self.branches[0].completions))
+        if self.intermediate_completions:
+            return (self.num_steps + 1,)
+        return ()
+
+    # ---- the update ---------------------------------------------------------------------------
+    def trained_mask(self, num_prompts: int) -> torch.Tensor:
+        """[M, J] bool: which (start state, jump) transitions are trained this iteration."""
+        m = num_prompts * self.group_size if self.trajectory == "sde" else num_prompts
+        mask = torch.zeros(m, len(self.jumps), dtype=torch.bool)
+        u = self.update
+        if u.trained is not None:
+            mask[:, list(u.trained)] = True
+            return mask
+        k, pool = u.per_sample
+        g = torch.Generator().manual_seed(u.seed)
+        for row in range(m):  # each sample its own draw (DanceGRPO: a randperm per sample)
+            mask[row, torch.randperm(pool, generator=g)[:k]] = True
+        return mask
+
+    def optimizer_steps(self, num_prompts: int, keep: torch.Tensor | None = None) -> list[OptimizerStep]:
+        """The update of this iteration for P prompts: the optimizer steps in order, each the
+        trained (start state, jump) blocks whose gradients it accumulates. Deterministic given the
+        plan (its draws are seeded), so the engine and the update derive the same steps.
+        `keep` [M] bool (flow_grpo's zero-advantage filter): the rows left out before the
+        (shuffled) rows are split into steps, as train_sd3.py filters before it batches."""
+        mask = self.trained_mask(num_prompts)
+        if keep is not None:
+            mask &= keep.view(-1, 1)
+        m = mask.shape[0]
+        u = self.update
+        jumps_in_order = list(u.trained) if u.trained is not None else list(range(len(self.jumps)))
+        if u.step_every == "jump":
+            steps = [(TermBlock(j, torch.nonzero(mask[:, j]).squeeze(1)),) for j in jumps_in_order]
+            return [s for s in steps if s[0].rows.numel() or keep is not None]
+        order = torch.arange(m)
+        if u.shuffle:
+            order = torch.randperm(m, generator=torch.Generator().manual_seed(u.seed + 1))
+        if keep is not None and u.step_every == "rollout":
+            order = order[keep[order]]
+        if u.step_every == "samples":
+            if num_prompts % u.prompts_per_rank:
+                raise ValueError(
+                    f"{self.method}: {num_prompts} prompts per iteration are not whole ranks of "
+                    f"prompts_per_rank {u.prompts_per_rank} (train.prompts_per_step must be a multiple of it)"
+                )
+            # every emulated rank's samples in order, split every samples_per_step: step o is the
+            # o-th split of each rank. Where samples_per_step does not divide a rank's samples the
+            # last step takes the rest (the official scripts zero those gradients at the next
+            # iteration: unintended waste).
+            ranks = [
+                order[r : r + u.prompts_per_rank * self.group_size] for r in range(0, m, u.prompts_per_rank * self.group_size)
+            ]
+            per_rank = [rank.split(u.samples_per_step) for rank in ranks]
+            parts = [torch.cat([splits[o] for splits in per_rank]) for o in range(len(per_rank[0]))]
+        else:
+            if u.steps_per_rollout > m:
+                raise ValueError(f"{self.method}: steps_per_rollout {u.steps_per_rollout} > {m} start states")
+            parts = order.tensor_split(u.steps_per_rollout) if order.numel() else []
+        steps = []
+        for part in parts:
+            rows = part.sort().values
+            blocks = tuple(TermBlock(j, rows[mask[rows, j]]) for j in jumps_in_order if mask[rows, j].any())
+            if blocks or keep is not None:  # with rows filtered out, a step may be empty: it stays (DDP ranks step together)
+                steps.append(blocks)
+        if keep is not None and u.step_every == "rollout":
+            steps += [()] * (u.steps_per_rollout - len(steps))
+        return steps
+
+    def first_step_rows(self, num_prompts: int) -> dict[int, torch.Tensor]:
+        """{jump: rows} trained by the first optimizer step. The engine evaluates these rows of a
+        jump as their own forward chunks, the update evaluates them with the same chunks: the
+        training forward then sees exactly the rollout's batches and the ratio is 1 bit for bit
+        before the first update (row results depend on batch composition; measured on CPU)."""
+        steps = self.optimizer_steps(num_prompts)
+        return {b.jump: b.rows for b in steps[0]} if steps else {}
+
+    # ---- cost ----------------------------------------------------------------------------------
+    def nfe_per_generation(self) -> int:
+        """Model evaluations behind one of the G samples, as the papers count them (anchor
+        steps, shared by the group, not counted; a branch's jump counts 1)."""
+        if self.trajectory == "sde":
+            return self.num_steps + sum(len(c) - 1 for c in self.intermediate_completions)
+        return sum(1 + sum(len(c) - 1 for c in b.completions) for b in self.branches)
+
+    def anchor_nfe(self) -> int:
+        """ODE steps of the shared anchor trajectory needed to reach the last branch point."""
+        return max((b.jump.start for b in self.branches), default=0)
+
+    def budget(self) -> dict[str, int]:
+        """Per-prompt cost: NFE, reward-model queries, backward passes (= trained transitions)."""
+        g = self.group_size
+        if self.trajectory == "sde":
+            rewards = g * (1 + len(self.intermediate_completions))
+        else:
+            rewards = g * sum(len(b.completions) for b in self.branches)
+        return {
+            "nfe_per_generation": self.nfe_per_generation(),
+            "nfe_per_prompt": self.anchor_nfe() + g * self.nfe_per_generation(),
+            "reward_queries_per_prompt": rewards,
+            "trained_steps_per_prompt": g * self.update.trained_per_sample,
+        }
+
+    def cost(self, num_prompts: int) -> dict[str, float]:
+        """What one iteration of `num_prompts` prompts costs, in a budget's units (flowrl.training.budget)."""
+        b = self.budget()
+        return {"nfe": b["nfe_per_prompt"] * num_prompts, "reward_queries": b["reward_queries_per_prompt"] * num_prompts}
+
+    def trained_step_indices(self) -> list[int] | None:
+        """Sigma indices where the trained jumps start, or None when drawn per sample."""
+        if self.update.trained is None:
+            return None
+        return [self.jumps[j].start for j in self.update.trained]
+
+    def to_json(self, num_prompts: int = 1) -> dict:
+        return {
+            "method": self.method,
+            "num_steps": self.num_steps,
+            "group_size": self.group_size,
+            "trajectory": self.trajectory,
+            "same_initial_noise": self.same_initial_noise,
+            "score": self.score,
+            "branches": [j.to_dict() for j in self.jumps],
+            "jump_lengths": [j.stop - j.start for j in self.jumps],
+            "completions": [[list(c) for c in b.completions] for b in self.branches],
+            "intermediate_completions": [list(c) for c in self.intermediate_completions],
+            "trained_per_generation": self.update.trained_per_sample,
+            "trained_step_indices": self.trained_step_indices(),
+            "trained_steps": self.note,
+            "update": self.update.to_dict(),
+            "prompts_per_iteration": num_prompts,
+            "optimizer_steps_per_iteration": len(self.optimizer_steps(num_prompts)),
+            **self.budget(),
+        }

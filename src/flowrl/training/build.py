@@ -1,0 +1,135 @@
+"""Building a run from its config: the prompt loaders, the module (model, rewards, step scheduler,
+optimizer, lr_scheduler, loss), the RNG seeding. Cheap, fail-fast parts first, Lightning last."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+
+class PromptBatches:
+    """The train prompts of iterations start, start+1, ..., iterations-1: batch i is P prompts drawn
+    (with replacement) by a generator seeded with (seed, i, rank), so the iteration count alone is
+    the sampler's position (a resumed run draws what the uninterrupted one would have) and every
+    DDP rank has prompts of its own."""
+
+    def __init__(self, prompts, per_step: int, iterations: int, seed: int, start: int = 0, rank: int | None = None):
+        self.prompts, self.per_step, self.iterations, self.seed, self.start = list(prompts), per_step, iterations, seed, start
+        self.rank = rank  # None: this process's rank, read when a batch is drawn (under DDP, at fit time)
+
+    def __len__(self) -> int:
+        return max(0, self.iterations - self.start)
+
+    def __getitem__(self, i: int) -> list[str]:
+        import torch
+
+        from flowrl.training.distributed import rank_and_world
+
+        rank = rank_and_world()[0] if self.rank is None else self.rank  # under DDP each rank draws its own prompts
+        # (torch's CPU generator keeps only the low 32 bits of a seed: the rank offset must live there)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.start + i + rank * 7_919_993) % 2**32)
+        return [self.prompts[j] for j in torch.randint(len(self.prompts), (self.per_step,), generator=g).tolist()]
+
+
+def _identity(batch):
+    return batch
+
+
+def prompt_loaders(data, cfg: DictConfig, iterations: int, start: int = 0):
+    """Train: the prompt batches of iterations start..iterations-1; val: all held-out prompts at once."""
+    from torch.utils.data import DataLoader
+
+    batches = PromptBatches(data.train, cfg.train.prompts_per_step, iterations, cfg.seed, start)
+    train = DataLoader(batches, batch_size=None, collate_fn=_identity)
+    val = DataLoader(data.val, batch_size=len(data.val), collate_fn=list)
+    return train, val
+
+
+def calibration_prompts(data, cfg: DictConfig) -> list[str]:
+    """The prompts a method's pre-training calibration may draw from: the train prompts in a
+    fixed (seeded) shuffle, so calibration never sees held-out prompts."""
+    import random
+
+    prompts = list(data.train)
+    random.Random(cfg.seed).shuffle(prompts)
+    return prompts
+
+
+def build_module(cfg: DictConfig):
+    """Instantiate everything a GRPO run needs from the config: (module, prompt data).
+    Cheap, fail-fast parts first (prompt files, step plan), then the checkpoints (each loader checks
+    its files before importing its library), and only then Lightning (~10 s to import)."""
+    from hydra.utils import instantiate
+
+    from flowrl.config.schema import check_config
+
+    # every value that cannot run fails here, in a second, before any model loads (the schema
+    # also builds a throwaway step scheduler and lays out its first update)
+    check_config(cfg)
+    data = instantiate(cfg.data)
+    step_scheduler = instantiate(cfg.method.step_scheduler)
+    # rewards before the model: a missing reward checkpoint is reported before FLUX (24 GB) loads
+    reward = instantiate(cfg.reward)
+    eval_rewards = {name: instantiate(r) for name, r in cfg.eval_rewards.items()}
+    model = instantiate(cfg.model)
+
+    from flowrl.training.module import GRPOModule, OptimConfig, ValConfig
+
+    ema = cfg.method.get("ema") or {}
+    optim = OptimConfig(
+        lr=cfg.method.lr * cfg.train.lr_scale,
+        grad_clip=cfg.train.grad_clip,
+        ema_decay=ema.get("decay", 0.0),
+        ema_every=ema.get("every", 1),
+        ema_warmup=ema.get("warmup", False),
+    )
+    module = GRPOModule(
+        model,
+        reward,
+        eval_rewards,
+        step_scheduler,
+        shift=cfg.method.shift,
+        max_batch=cfg.train.max_batch,
+        optim=optim,
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.lr_scheduler),
+        loss=instantiate(cfg.loss),
+        val=ValConfig(**cfg.val),
+        seed=cfg.seed,
+        max_consecutive_skips=cfg.train.max_consecutive_skips,
+    )
+    return module, data
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs (what Lightning's seed_everything does, without importing it)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def silence_known_warnings() -> None:
+    """Lightning output that every run would print and that says nothing about it: the frozen
+    reward models (and a full fine-tune's KL reference) are in eval mode on purpose, Lightning
+    2.6's own pytree code trips a torch deprecation, and each Trainer advertises a cloud logger."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # bf16 autocast (model.precision): diffusers' RMSNorm keeps fp32 weights, torch says so every forward
+    warnings.filterwarnings("ignore", message=r"Mismatch dtype between input and weight")
+    # fit gets no val loader on purpose: flowrl.training.run_control evaluates inside the loop
+    warnings.filterwarnings("ignore", message=r".*`validation_step` but have no `val_dataloader`")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_litlogger_tip not in rank_zero.filters:
+        rank_zero.addFilter(_drop_litlogger_tip)
+
+
+def _drop_litlogger_tip(record) -> bool:
+    """A logging filter (a callable works as one): False drops the record."""
+    return "litlogger" not in record.getMessage()
