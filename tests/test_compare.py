@@ -1,6 +1,8 @@
-"""flowrl.compare: MLflow runs -> groups of seeds (mean, Student t 95% CI), table.md, plots, a summary run."""
+"""flowrl.compare and flowrl.analysis: MLflow runs -> groups of seeds (mean, Student t 95% CI), table.md, plots,
+the MLflow UI view, a summary run."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -34,56 +36,46 @@ def _run(client, exp, name, params, curves, status="FINISHED", tags=None, nfe_pe
     return rid
 
 
-def test_runs_table_from_a_tracked_run(tmp_path):
-    # the older single table (one row per finished run), still what `--out FILE.md` writes
-    uri, client = _store(tmp_path)
-    exp = client.create_experiment("study", artifact_location=str(tmp_path / "artifacts"))
-    run = client.create_run(exp, run_name="egrpo G12")
-    client.log_param(run.info.run_id, "method.name", "egrpo")
-    # first evaluation 0.70 (before training), last 0.75: delta +0.05
-    for step, value in [(0, 0.70), (9, 0.72), (19, 0.75)]:
-        client.log_metric(run.info.run_id, "val/reward/shapes", value, step=step)
-    for step, value in [(0, 10.0), (1, 12.0)]:
-        client.log_metric(run.info.run_id, "perf/iteration_s", value, step=step)
-    client.set_terminated(run.info.run_id, "FINISHED")
-    failed = client.create_run(exp, run_name="crashed")
-    client.set_terminated(failed.info.run_id, "FAILED")
-
-    from flowrl.compare import main, runs_table, to_markdown
-
-    table = runs_table("study", uri)
-    assert list(table["run"]) == ["egrpo G12"]  # unfinished runs are left out
-    row = table.iloc[0]
-    assert row["shapes before"] == 0.70 and row["shapes after"] == 0.75 and row["shapes delta"] == pytest.approx(0.05)
-    assert row["s/iter"] == 11.0
-    md = to_markdown(table)
-    assert md.splitlines()[0].startswith("| run | method |") and "egrpo G12" in md
-    out = tmp_path / "t.md"
-    main(["--experiment", "study", "--tracking-uri", uri, "--out", str(out)])
-    assert out.read_text().strip() == md
-    with pytest.raises(SystemExit, match="no MLflow experiment"):
-        runs_table("nope", uri)
-
-
 def test_mean_ci_is_the_student_t_interval():
-    from flowrl.compare import mean_ci
+    from flowrl.analysis.stats import mean_ci
 
     mean, half, n = mean_ci([0.70, 0.72, 0.74])
     # s = 0.02, t(0.975, 2) = 4.302653: half = 4.302653 * 0.02 / sqrt(3)
     assert (mean, n) == (pytest.approx(0.72), 3) and half == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-6)
-    mean, half, n = mean_ci([0.5, float("nan"), None])
+    mean, half, n = mean_ci([0.5, float("nan"), None, float("inf")])
     assert (mean, n) == (0.5, 1) and math.isnan(half)  # one seed: no interval
-    assert mean_ci([])[2] == 0
+    assert mean_ci([0.3, 0.3, 0.3]) == (pytest.approx(0.3), 0.0, 3)  # no spread: a point, not NaN
+    mean, half, n = mean_ci([])
+    assert n == 0 and math.isnan(mean) and math.isnan(half)
+
+
+@pytest.mark.parametrize("level", [0.95, 0.9, 0.99])
+@pytest.mark.parametrize("sample", [[0.70, 0.72, 0.74], [1.0, 2.0], [0.1, 0.5, 0.2, 0.9, 0.4, 0.35], [-3.0, 4.5, 0.25, 7.0]])
+def test_mean_ci_matches_scipy_t_interval(sample, level):
+    import numpy as np
+    from scipy import stats
+
+    from flowrl.analysis.stats import mean_ci
+
+    mean, half, n = mean_ci(sample, level)
+    low, high = stats.t.interval(level, len(sample) - 1, loc=np.mean(sample), scale=stats.sem(sample))
+    assert n == len(sample) and mean == pytest.approx(np.mean(sample), rel=1e-12)
+    assert (mean - half, mean + half) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9))
 
 
 def test_collapse_lists_and_swept_keys():
     import pandas as pd
 
-    from flowrl.compare import collapse_lists, swept_keys
+    from flowrl.analysis.runs import collapse_lists
+    from flowrl.analysis.tables import swept_keys
 
-    assert collapse_lists({"method.granularities.0": "1", "method.granularities.1": "2", "seed": "0"}) == {
-        "method.granularities": "[1, 2]",
+    assert collapse_lists({"method.levels.0": "1", "method.levels.1": "2", "seed": "0"}) == {
+        "method.levels": "[1, 2]",
         "seed": "0",
+    }
+    assert collapse_lists({"reward.weights.0": "1", "reward.weights.2": "2"}) == {
+        "reward.weights.0": "1",
+        "reward.weights.2": "2",
     }
 
     def frame(rows):
@@ -99,9 +91,122 @@ def test_collapse_lists_and_swept_keys():
     # a tau sweep of one method
     taus = [{"method.name": "egrpo", "method.tau": t, "method.group_size": "12", "seed": s} for t in ("1.8", "2.2") for s in "01"]
     assert swept_keys(frame(taus)) == ["method.tau"]
-    # two knobs crossed
+    # two knobs crossed: the shared preferred key first, then the other
     crossed = [{"method.name": "egrpo", "method.tau": t, "method.clip_eps": c} for t in ("1.8", "2.2") for c in ("1e-4", "1e-3")]
-    assert swept_keys(frame(crossed)) == ["method.tau", "method.clip_eps"]
+    assert swept_keys(frame(crossed)) == ["method.clip_eps", "method.tau"]
+    # seed varies in every sweep and is never a key; without differences, no key
+    assert swept_keys(frame([{"method.name": "egrpo", "seed": s} for s in "012"])) == []
+
+
+class KnobbedStepScheduler:
+    """Stands for a step-scheduler class: swept_keys reads only its `sweep_knobs`."""
+
+    sweep_knobs = ("b",)
+
+
+class OtherStepScheduler:
+    sweep_knobs = ("c", "b")
+
+
+class PlainStepScheduler:
+    """No sweep_knobs attribute: declares none."""
+
+
+def test_swept_keys_prefer_the_step_schedulers_knobs():
+    import pandas as pd
+
+    from flowrl.analysis.tables import preferred_keys, swept_keys
+
+    here = __name__  # get_class imports this module by the name pytest gave it
+    # method.a and method.b change together (each fixes the other): the first candidate is kept
+    rows = [{"method.name": "m", "method.a": a, "method.b": b, "seed": s} for a, b in (("1", "x"), ("2", "y")) for s in "01"]
+    plain = pd.DataFrame([{f"params.{k}": v for k, v in r.items()} for r in rows])
+    assert swept_keys(plain) == ["method.a"]  # no step scheduler: alphabetical
+    knobbed = plain.assign(**{"params.method.step_scheduler._target_": f"{here}.KnobbedStepScheduler"})
+    assert swept_keys(knobbed) == ["method.b"]  # the declared knob wins
+    # ... but not over the shared keys: G changing with b is reported as G
+    assert swept_keys(knobbed.assign(**{"params.method.group_size": ["4", "4", "8", "8"]})) == ["method.group_size"]
+    # a methods sweep: every class's knobs, in the order of the runs, each once, after the shared keys
+    both = knobbed.assign(
+        **{
+            "params.method.step_scheduler._target_": [
+                f"{here}.KnobbedStepScheduler",
+                f"{here}.OtherStepScheduler",
+                f"{here}.PlainStepScheduler",
+                f"{here}.OtherStepScheduler",
+            ]
+        }
+    )
+    assert preferred_keys(both) == ["method.name", "method.group_size", "method.clip_eps", "method.b", "method.c"]
+    # a real step scheduler, by the class path training logs: its declared knobs follow the shared keys
+    from hydra.utils import get_class
+
+    real = "flowrl.step_schedulers.entropy_merge.EntropyMergeStepScheduler"
+    declared = [f"method.{k}" for k in get_class(real).sweep_knobs]
+    assert declared and preferred_keys(plain.assign(**{"params.method.step_scheduler._target_": real}))[3:] == declared
+    # a class that no longer imports (a run from before it moved): a warning, the keys still found
+    gone = plain.assign(**{"params.method.step_scheduler._target_": "flowrl.no_such_module.GoneStepScheduler"})
+    with pytest.warns(UserWarning, match="does not import"):
+        assert swept_keys(gone) == ["method.a"]
+
+
+def test_resolve_key_aliases_and_method_prefix():
+    from flowrl.analysis.tables import resolve_key
+
+    columns = ["params.method.name", "params.method.group_size", "params.method.tau", "params.seed", "params.train.lr"]
+    assert resolve_key("method", columns) == "method.name"
+    assert resolve_key("G", columns) == "method.group_size"
+    assert resolve_key("tau", columns) == "method.tau"  # a bare name: tried as is, then under method.
+    assert resolve_key("seed", columns) == "seed"
+    assert resolve_key("train.lr", columns) == "train.lr"
+    with pytest.raises(SystemExit, match="no param 'lr'"):
+        resolve_key("lr", columns)
+
+
+def test_shared_view_groups_by_run_tags_where_the_runs_carry_them():
+    import json
+
+    import pandas as pd
+
+    from flowrl.analysis.mlflow_view import SHARED_VIEW_KEY, SHARED_VIEW_PREFIX, run_tag, share_grouped_view
+
+    assert [run_tag(k) for k in ("method.name", "method.tau", "method.group_size", "seed")] == [
+        "method",
+        "tau",
+        "group_size",
+        "seed",
+    ]
+
+    class Client:
+        tags = {}
+
+        def set_experiment_tag(self, experiment_id, key, value):
+            self.tags[(experiment_id, key)] = value
+
+    class Experiment:
+        experiment_id = "7"
+
+    runs = pd.DataFrame(
+        columns=[
+            "params.method.name",
+            "params.method.tau",
+            "params.train.lr",
+            "tags.tau",
+            "tags.seed",
+            "metrics.val/reward/shapes",
+        ]
+    )
+    client = Client()
+    path = share_grouped_view(client, Experiment(), ["method.name", "method.tau", "train.lr"], runs, "val/reward/shapes", True)
+    assert path == f"#/experiments/7/runs?viewStateShareKey={SHARED_VIEW_KEY}"
+    state = json.loads(client.tags[("7", SHARED_VIEW_PREFIX + SHARED_VIEW_KEY)])
+    assert state["groupBy"]["groupByKeys"] == [
+        {"mode": "param", "groupByData": "method.name"},  # no `method` tag on these runs
+        {"mode": "tag", "groupByData": "tau"},
+        {"mode": "param", "groupByData": "train.lr"},
+    ]
+    assert state["selectedColumns"] == ["metrics.`val/reward/shapes`", "tags.`seed`"]
+    assert state["compareRunCharts"][0]["selectedXAxisMetricKey"] == "val/nfe_total"
 
 
 def test_compare_groups_seeds_plots_and_logs_a_summary_run(tmp_path, capsys):
@@ -155,7 +260,7 @@ def test_compare_groups_seeds_plots_and_logs_a_summary_run(tmp_path, capsys):
     assert "crashed s9" not in header and "compare" not in md.split("## Runs")[1].split("## Not")[0]
 
     # the summary run: named compare, tagged, holding every file
-    from flowrl.compare import SUMMARY_TAG
+    from flowrl.analysis import SUMMARY_TAG
 
     summaries = [r for r in client.search_runs([exp]) if r.data.tags.get(SUMMARY_TAG) == "true"]
     assert len(summaries) == 2  # the older one and this one
@@ -168,19 +273,29 @@ def test_compare_groups_seeds_plots_and_logs_a_summary_run(tmp_path, capsys):
     assert f"#/experiments/{exp}/runs?viewStateShareKey=flowrl-compare" in md
 
 
-def test_compare_ablation_and_step_axis_without_nfe(tmp_path):
+def test_compare_ablation_and_step_axis_without_nfe(tmp_path, monkeypatch):
+    import mlflow
+
     uri, client = _store(tmp_path)
     exp = client.create_experiment("tau", artifact_location=str(tmp_path / "artifacts"))
     for tau in ("1.8", "2.2", "2.6"):
         for seed in (0, 1):
             final = 0.7 + 0.01 * float(tau) + 0.001 * seed
             params = {"method.name": "egrpo", "method.tau": tau, "seed": str(seed), "reward.name": "tiny_clip"}
+            params |= {"method.levels.0": "1", "method.levels.1": "2"}  # a list, as training flattens it
             curves = {"val/reward/shapes": [(0, 0.65), (10, final)], "val/reward/tiny_clip": [(0, 0.7), (10, 0.8)]}
             _run(client, exp, f"egrpo tau{tau} s{seed}", params, curves, tags={"method": "egrpo", "tau": tau}, nfe_per_step=None)
 
-    from flowrl.compare import compare
+    from flowrl.analysis import compare
 
+    # another store in the environment (a later run in this process would log there): the search
+    # on `uri` must leave both the environment and MLflow's process-wide URI as they were
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
+    before = mlflow.get_tracking_uri()
     result = compare("tau", by=["tau"], out_dir=tmp_path / "cmp", tracking_uri=uri, log_summary=False)
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/elsewhere.db" and mlflow.get_tracking_uri() == before
+    assert list(result["runs"]["run"]) == [f"egrpo tau{t} s{s}" for t in ("1.8", "2.2", "2.6") for s in (0, 1)]  # oldest first
+    assert set(result["runs"]["params.method.levels"]) == {"[1, 2]"} and "params.method.levels.0" not in result["runs"]
     assert result["keys"] == ["method.tau"] and result["summary_run_id"] is None
     assert list(result["table"]["tau"]) == ["2.6", "2.2", "1.8"] and list(result["table"]["n"]) == [2, 2, 2]
     names = {p.name for p in result["files"]}
@@ -191,12 +306,15 @@ def test_compare_ablation_and_step_axis_without_nfe(tmp_path):
     assert '"mode": "tag", "groupByData": "tau"' in view
     with pytest.raises(SystemExit, match="no param"):
         compare("tau", by=["nope"], out_dir=tmp_path / "x", tracking_uri=uri, log_summary=False)
+    with pytest.raises(SystemExit, match="no MLflow experiment named 'nope'"):
+        compare("nope", out_dir=tmp_path / "x", tracking_uri=uri, log_summary=False)
 
 
 def test_import_is_cheap():
-    code = "import sys, flowrl.compare; print(*(m in sys.modules for m in ('torch', 'mlflow', 'matplotlib', 'pandas')))"
+    heavy = ("torch", "mlflow", "matplotlib", "pandas", "scipy", "hydra")
+    code = f"import sys, flowrl.compare; print(*(m in sys.modules for m in {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
-    assert out == ["False"] * 4
+    assert out == ["False"] * len(heavy)
 
 
 @pytest.mark.slow

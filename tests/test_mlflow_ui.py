@@ -78,7 +78,7 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 def test_runs_grouped_by_method_in_the_mlflow_ui(smoke_sweep, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from flowrl.compare import compare
+    from flowrl.analysis import compare
 
     uri, experiment, work = smoke_sweep
     result = compare(experiment, out_dir=tmp_path / "cmp", tracking_uri=uri, log_summary=False)  # shares the grouped view
