@@ -28,20 +28,13 @@ SMOKE="${SMOKE:-0}"
 SEEDS="${SEEDS:-$([[ "$SMOKE" == 1 ]] && echo 0 || echo 0,1,2)}"
 LENGTH="${LENGTH:-$([[ "$SMOKE" == 1 ]] && echo train.iterations=1 || echo budget.nfe=100000)}"
 
-# Tiny sizes: one iteration of one prompt (no budget, also where a preset sets one), G 4, 4 steps,
-# one held-out sample per prompt. A
-# method's own knobs that must shrink with them are set with `++` (added, unused, where a method
-# lacks the knob) so that one list fits every method: E-GRPO's / G²RPO's branch steps, MixGRPO's
-# window, and the samples per optimizer step of DanceGRPO (4) and MixGRPO (3), which must divide
-# the 4 samples of a rollout. A new method that fails under SMOKE=1 adds its shrink here.
+# Tiny sizes: one iteration of one prompt (no budget, also where a preset sets one), one held-out
+# sample per prompt, and `smoke=true`: each method shrunk by its own step scheduler (fewer steps, a
+# smaller group, its own knobs with them), so one list fits every method, a new one included.
 SMOKE_OVERRIDES=(
   budget.nfe=null
   train.prompts_per_step=1
-  method.group_size=4
-  method.num_steps=4
-  ++method.num_branch_steps=2
-  ++method.window_size=2
-  ++method.gradient_accumulation_steps=2
+  smoke=true
   val.samples_per_prompt=1
   val.num_steps=4
   val.grid_prompts=2

@@ -21,19 +21,19 @@ from flowrl.training.build import build_module, calibration_prompts
 
 
 def calibrate(cfg: DictConfig) -> Path:
+    from hydra.utils import instantiate
+
     from flowrl.config.errors import UserFacingError
     from flowrl.training.build import seed_everything
 
     seed_everything(cfg.seed)
-    if cfg.method.get("calibration", {}).get("iterations", 0) <= 0:
+    if not instantiate(cfg.method.step_scheduler).will_calibrate():  # before any model loads
         raise UserFacingError(
-            f"method {cfg.method.name} has nothing to calibrate with these settings "
-            "(set method.calibration.iterations > 0; DenseGRPO is the method that calibrates)"
+            f"method {cfg.method.name} has nothing to calibrate with these settings (a method that calibrates, "
+            "e.g. densegrpo, needs method.calibration.iterations > 0 and no noise-level table given)"
         )
     module, data = build_module(cfg)
     record = module.calibrate(calibration_prompts(data, cfg))
-    if record is None:
-        raise UserFacingError(f"method {cfg.method.name} did not calibrate (a noise-level table was already given?)")
     out = Path(cfg.paths.output_dir) / "noise_levels.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
@@ -45,7 +45,9 @@ def calibrate(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    calibrate(cfg)
+    from flowrl.config.compose import apply_smoke
+
+    calibrate(apply_smoke(cfg))
 
 
 def cli() -> None:

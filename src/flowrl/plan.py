@@ -57,26 +57,32 @@ def format_plan(plan, num_prompts: int = 1, iteration: int = 0) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(__doc__)
-        return
-    as_json = "--json" in args
-    iteration = 0
-    if "--iteration" in args:
-        i = args.index("--iteration")
-        try:
-            iteration = int(args[i + 1])
-        except (IndexError, ValueError):
-            raise SystemExit("flowrl.plan: --iteration takes a non-negative integer") from None
-        del args[i : i + 2]
-        if iteration < 0:
-            raise SystemExit("flowrl.plan: --iteration takes a non-negative integer")
-    plan, num_prompts = compose_plan([a for a in args if a != "--json"], iteration)
-    if as_json:
-        print(json.dumps({"iteration": iteration, **plan.to_json(num_prompts)}))
+    """`flowrl-plan [--json] [--iteration N] [overrides]`: the overrides checked as flowrl-train
+    checks them (one line, exit 2), then the plan printed."""
+    import argparse
+
+    from flowrl.config.compose import check_command_line
+    from flowrl.config.errors import UserFacingError
+
+    parser = argparse.ArgumentParser(
+        prog="flowrl-plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    parser.add_argument("--iteration", type=int, default=0, help="the plan of this iteration (default 0)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. method=dancegrpo")
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    if args.iteration < 0:
+        parser.error("--iteration takes a non-negative integer")
+    try:
+        check_command_line(args.overrides)
+    except UserFacingError as err:
+        print(f"flowrl: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    plan, num_prompts = compose_plan(args.overrides, args.iteration)
+    if args.json:
+        print(json.dumps({"iteration": args.iteration, **plan.to_json(num_prompts)}))
     else:
-        print(format_plan(plan, num_prompts, iteration))
+        print(format_plan(plan, num_prompts, args.iteration))
 
 
 if __name__ == "__main__":

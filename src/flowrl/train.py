@@ -6,7 +6,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from flowrl.config.compose import CONF_DIR
+from flowrl.config.compose import CONF_DIR, apply_smoke
 from flowrl.config.errors import exit_on_user_error
 from flowrl.entry import run_checked
 from flowrl.training.loop import train
@@ -16,7 +16,7 @@ from flowrl.training.loop import train
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     """The run; returns `optimized_metric` of its summary for a sweeper (Optuna) to optimise."""
-    return train(cfg).get(cfg.get("optimized_metric"))
+    return train(apply_smoke(cfg)).get(cfg.get("optimized_metric"))
 
 
 def cli() -> None:

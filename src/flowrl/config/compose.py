@@ -1,7 +1,7 @@
 """The one config composer: the package's `conf/` tree (shipped inside the wheel), composed with
 Hydra's compose API, and the fast command-line check every entry point runs before Hydra starts.
 
-    cfg = compose(["method=dancegrpo", "train.iterations=2"])        # conf/train.yaml + overrides
+    cfg = compose(["method=<name>", "train.iterations=2"])        # conf/train.yaml + overrides
     check_command_line(sys.argv[1:])                                 # one line, exit 2, ~1 s
 """
 
@@ -19,11 +19,28 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides))
+        return apply_smoke(hydra_compose(config_name, overrides=list(overrides)))
+
+
+def apply_smoke(cfg):
+    """`smoke=true`: the method shrunk to seconds with its structure kept, by the overrides its step
+    scheduler declares (`small_overrides`: fewer steps, a smaller group, a shorter window...), so
+    that one smoke switch fits every method (sweeps' SMOKE=1). Returns cfg, changed in place."""
+    if not cfg.get("smoke") or cfg.get("method") is None:
+        return cfg
+    import yaml
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        for override in get_class(cfg.method.step_scheduler._target_).small_overrides:
+            key, _, value = override.partition("=")
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    return cfg
 
 
 def config_options(group: str) -> list[str]:
-    """The options of a config group: `config_options("method")` -> ['dancegrpo', 'densegrpo', ...]."""
+    """The options of a config group: `config_options("method")`: the conf/method/*.yaml names."""
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 

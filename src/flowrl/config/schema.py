@@ -2,10 +2,11 @@
 reward or Lightning import, so that a bad value fails in about a second with one line that
 names the key, the value and what is allowed (flowrl.config.errors.ConfigError, exit status 2).
 
-Each group's schema holds the keys every option of the group shares; a method's own knobs (tau,
-window_size, ...) are checked here where they have a range, and again by its step scheduler's
-constructor (which the check then instantiates: it is cheap). Paths the run will read (a model
-directory, prompt files, a resume directory) are resolved and must exist.
+Each group's schema holds the keys every option of the group shares. A method's own knobs are
+checked by the typed Knobs model its step scheduler declares (the class `method.step_scheduler.
+_target_` names), then by the scheduler's constructor and its first plan (cheap: no model).
+Paths the run will read (a model directory, prompt files, a resume directory) are resolved and
+must exist.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class EmaSchema(_Closed):
 
 
 class MethodSchema(_Open):
+    """The keys every method shares. A method's own knobs are checked by the Knobs model its step
+    scheduler declares (check_method_knobs), so no variant's knob is named here."""
+
     name: str
     num_steps: PosInt
     shift: PosFloat
@@ -75,24 +79,11 @@ class MethodSchema(_Open):
     clip_eps: PosFloat
     adv_clip: PosFloat
     kl_beta: NonNegFloat
+    kl_form: Literal["official", "transition"] | None = None
+    multi_reward: Literal["combined", "sum_advantages", "weighted_sum_advantages"] | None = None
     lr: PosFloat
     ema: EmaSchema | None = None
-    tau: NonNegFloat | None = None
-    num_branch_steps: PosInt | None = None
-    dense_horizon: PosInt | None = None
-    window_size: PosInt | None = None
-    gradient_accumulation_steps: PosInt | None = None
-    prompts_per_rank: PosInt | None = None
-    optimizer_steps_per_rollout: PosInt | None = None
-    granularities: list[PosInt] | None = None
     step_scheduler: dict[str, Any]
-
-    @field_validator("granularities")
-    @classmethod
-    def _distinct(cls, v):
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("granularities must be distinct")
-        return v
 
 
 class DataSchema(_Open):
@@ -154,6 +145,7 @@ _PHRASES = (  # pydantic's wording -> flowrl's one line
     ("Input should be a valid number", "must be a number"),
     ("Input should be a finite number", "must be a finite number"),
     ("Input should be a valid boolean", "must be true or false"),
+    ("Input should be ", "must be "),
 )
 
 
@@ -179,25 +171,6 @@ def check_config(cfg) -> None:
     from flowrl.training.budget import Budget
 
     Budget.from_config(cfg.get("budget"))  # at most one budget (torch-free, so in well under a second)
-    m, t = cfg.method, cfg.train
-    for key in ("num_branch_steps", "dense_horizon"):
-        value = m.get(key)
-        if value is not None and value > m.num_steps:
-            raise ConfigError(f"method.{key}", value, f"at most method.num_steps ({m.num_steps})")
-    if m.get("window_size") is not None and m.window_size > m.num_steps - 2:
-        raise ConfigError(
-            "method.window_size",
-            m.window_size,
-            f"at most method.num_steps - 2 ({m.num_steps - 2}; MixGRPO's last two steps are never stochastic)",
-        )
-    ppr = m.get("prompts_per_rank")
-    if ppr and m.step_scheduler.get("update", {}).get("step_every") == "samples" and t.prompts_per_step % ppr:
-        raise ConfigError(
-            "train.prompts_per_step", t.prompts_per_step, f"a multiple of method.prompts_per_rank ({ppr}): whole emulated GPUs"
-        )
-    cal = m.get("calibration") or {}
-    if cal.get("iterations", 0) and (cal.get("num_samples") or m.group_size) < 2:
-        raise ConfigError("method.calibration.num_samples", cal.get("num_samples"), ">= 2 (signs are pooled over the samples)")
     check_model_files(cfg)
     if cfg.get("resume"):
         run = Path(str(cfg.resume)).expanduser()
@@ -207,7 +180,9 @@ def check_config(cfg) -> None:
                 run,
                 "not a run output directory with checkpoints/ (a run writes them every train.checkpoint_every iterations)",
             )
-    check_step_scheduler(cfg)
+    if cfg.get("method") is not None:
+        check_method_knobs(cfg)
+        check_step_scheduler(cfg)
 
 
 def check_model_files(cfg) -> None:
@@ -220,6 +195,43 @@ def check_model_files(cfg) -> None:
     check = CHECKS.get(target.rsplit(".", 1)[0]) if target else None
     if check is not None:
         check(model.get("path"))
+
+
+def check_method_knobs(cfg) -> None:
+    """`method.*` beyond the shared keys, through the Knobs model of the step scheduler the method
+    names (`method.step_scheduler._target_`): types, ranges and cross-key checks in one line; a
+    key the scheduler does not declare is refused, with the ones it does."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from flowrl.config.errors import ConfigError
+
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    train = OmegaConf.to_container(cfg.train, resolve=True) if cfg.get("train") is not None else {}
+    target = method["step_scheduler"].get("_target_")
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError("method.step_scheduler._target_", target, "not an importable step scheduler class") from None
+    knobs_model = cls.knobs
+    own = {k: v for k, v in method.items() if k not in MethodSchema.model_fields}
+    try:
+        knobs = knobs_model.model_validate(own)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = "method." + ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            declared = ", ".join(knobs_model.model_fields) or "none"
+            raise ConfigError(
+                key, e.get("input"), f"not a knob of method {method['name']} ({cls.__name__}; its own knobs: {declared})"
+            ) from None
+        raise ConfigError(*_first_error(err, "method", own)) from None
+    from flowrl.step_schedulers.base import KnobError
+
+    try:
+        knobs.check(method, train)
+    except KnobError as err:
+        raise ConfigError(err.key, err.value, err.allowed) from None
 
 
 def check_step_scheduler(cfg) -> None:

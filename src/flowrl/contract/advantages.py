@@ -70,4 +70,3 @@ def check_rewards(rewards: torch.Tensor, plan: StepPlan) -> None:
     if rewards.ndim != want or rewards.shape[1] != plan.group_size or tuple(rewards.shape[2:]) != plan.score_shape:
         shape = ", ".join(["P", str(plan.group_size), *map(str, plan.score_shape)])
         raise ValueError(f"{plan.method} advantages take rewards [{shape}], got shape {tuple(rewards.shape)}")
-

@@ -350,10 +350,8 @@ class StepPlan:
         return steps
 
     def first_step_rows(self, num_prompts: int) -> dict[int, torch.Tensor]:
-        """{jump: rows} trained by the first optimizer step. The engine evaluates these rows of a
-        jump as their own forward chunks, the update evaluates them with the same chunks: the
-        training forward then sees exactly the rollout's batches and the ratio is 1 bit for bit
-        before the first update (row results depend on batch composition; measured on CPU)."""
+        """{jump: rows} trained by the first optimizer step: the engine forwards them as chunks of
+        their own, and the update with the same chunks (flowrl.engine.rollout's docstring: why)."""
         steps = self.optimizer_steps(num_prompts)
         return {b.jump: b.rows for b in steps[0]} if steps else {}
 

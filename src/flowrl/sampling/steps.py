@@ -106,11 +106,15 @@ def _check_decreasing(s: torch.Tensor, s_next: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} goes from high to low noise: sigma_next must be <= sigma")
 
 
-def flow_grpo_std_dev_t(sigma: torch.Tensor, noise_level: float, sigma_max) -> torch.Tensor:
-    """std_dev_t = a * sqrt(sigma / (1 - sigma)); where sigma == 1 the denominator uses
-    sigma_max instead (Flow-GRPO passes the schedule's second sigma, sigmas[1])."""
-    denom_sigma = torch.where(sigma >= 1, torch.as_tensor(sigma_max, dtype=torch.float32, device=sigma.device), sigma)
-    return noise_level * torch.sqrt(sigma / (1 - denom_sigma))
+def flow_grpo_std_dev_t(sigma, noise_level: float, sigma_max):
+    """Flow-GRPO's diffusion coefficient std_dev_t = a * sqrt(sigma / (1 - sigma)); where sigma == 1
+    the denominator uses sigma_max instead (Flow-GRPO passes the schedule's second sigma,
+    sigmas[1]). The one definition: on tensors (the SDE step, fp32) and on floats (float64: E-GRPO's
+    entropy merge, DenseGRPO's initial psi)."""
+    if isinstance(sigma, torch.Tensor):
+        denom_sigma = torch.where(sigma >= 1, torch.as_tensor(sigma_max, dtype=torch.float32, device=sigma.device), sigma)
+        return noise_level * torch.sqrt(sigma / (1 - denom_sigma))
+    return noise_level * math.sqrt(sigma / (1 - (sigma_max if sigma >= 1 else sigma)))
 
 
 def sde_step(

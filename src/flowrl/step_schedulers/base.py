@@ -4,11 +4,63 @@ optimizer steps (the plan itself and the advantages' layout are the contract: fl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from flowrl.contract.advantages import MULTI_REWARD, RewardScores, combine_advantages, group_normalize
 from flowrl.contract.plan import StepPlan
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class KnobError(ValueError):
+    """A knob value that cannot run, with its full config key (the config schema reports it in one line)."""
+
+    def __init__(self, key: str, value, allowed: str):
+        super().__init__(f"{key}={value}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+class Knobs(BaseModel):
+    """A variant's own `method.*` keys (beyond the shared name, num_steps, shift, group_size,
+    noise_level, clip_eps, adv_clip, kl_beta, lr, ema, ...), typed, with their ranges. The config
+    schema validates `method.*` through the class named by `method.step_scheduler._target_`: a
+    key that is neither shared nor declared here is refused (another method's knob, a typo).
+    `check` holds the checks across keys (a knob against method.num_steps, train.prompts_per_step)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    def check(self, method: dict, train: dict) -> None:
+        """Raise KnobError for a combination that cannot run. `method`, `train`: the resolved groups."""
+
+
+def check_whole_ranks(prompts_per_rank: int | None, train: dict) -> None:
+    """Emulated GPUs (DanceGRPO's and MixGRPO's per-GPU gradient accumulation) must be whole."""
+    if prompts_per_rank and train["prompts_per_step"] % prompts_per_rank:
+        raise KnobError(
+            "train.prompts_per_step",
+            train["prompts_per_step"],
+            f"a multiple of method.prompts_per_rank ({prompts_per_rank}): whole emulated GPUs",
+        )
+
+
+def check_at_most_steps(key: str, value: int | None, method: dict, margin: int = 0) -> None:
+    """A knob counted in steps may not exceed method.num_steps (- margin)."""
+    limit = method["num_steps"] - margin
+    if value is not None and value > limit:
+        what = "method.num_steps" + (f" - {margin}" if margin else "")
+        raise KnobError(f"method.{key}", value, f"at most {what} ({limit})")
+
+
+def check_distinct(key: str, values: list | None) -> None:
+    if values is not None and len(set(values)) != len(values):
+        raise KnobError(f"method.{key}", values, "must be distinct")
 
 
 class StepScheduler(ABC):
@@ -25,11 +77,16 @@ class StepScheduler(ABC):
     method names exists elsewhere):
       run_name_knobs: {method config key: formatter(value, method config) -> str | None}, the
         parts of a run's name beyond the shared ones;
-      small_overrides: Hydra overrides that shrink the method to seconds with its structure kept.
+      small_overrides: Hydra overrides that shrink the method to seconds with its structure kept;
+      knobs: the Knobs model of the method's own config keys (validated by the config schema);
+      sweep_knobs: the knobs its ablations sweep: run tags (MLflow group-by) and the keys
+        flowrl.compare looks at first.
     """
 
     name: str = "step_scheduler"
     run_name_knobs: dict = {}
+    knobs: ClassVar[type[Knobs]] = Knobs
+    sweep_knobs: ClassVar[tuple[str, ...]] = ()
     small_overrides: tuple[str, ...] = ("method.num_steps=4", "method.group_size=2")
 
     def __init__(
@@ -86,6 +143,10 @@ class StepScheduler(ABC):
             return 0
         return int(torch.randint(0, 2**62, (1,), generator=generator))
 
+    def will_calibrate(self) -> bool:
+        """Whether `calibrate` would change anything with these settings (checked before a model loads)."""
+        return False
+
     def calibrate(self, rollout_fn, prompts: list[str]) -> dict | None:
         """Optional pre-training phase (DenseGRPO's exploration calibration). `rollout_fn(prompts,
         plan)` runs one rollout of `plan` and returns (Rollout, RewardScores). Returns a
@@ -111,4 +172,3 @@ class StepScheduler(ABC):
             if part is not None:
                 parts.append(part)
         return parts
-

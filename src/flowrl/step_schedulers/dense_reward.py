@@ -1,4 +1,9 @@
-"""`dense_reward` (DenseGRPO, Deng et al. 2026, "DenseGRPO: From Sparse to Dense Reward for Flow
+"""Follows the paper (arXiv 2601.20218v2; DenseGRPO has no public code) and, where it is silent,
+yifan123/flow_grpo scripts/train_sd3.py@ac4c86e, which it builds on; deviations (choices the
+paper leaves open, each a config value): the initial psi (Flow-GRPO's std_dev_t), N and the
+number of calibration rounds, the spacing of the cheaper completions (dense_horizon n).
+
+`dense_reward` (DenseGRPO, Deng et al. 2026, "DenseGRPO: From Sparse to Dense Reward for Flow
 Matching Model Alignment", arXiv 2601.20218v2): Flow-GRPO's G full SDE trajectories, but each
 step is credited with its own reward gain instead of the final reward, and each step's noise is
 calibrated. DenseGRPO has no public code; this follows the paper, and Flow-GRPO's official code
@@ -35,8 +40,9 @@ import torch
 from tqdm.auto import tqdm
 
 from flowrl.contract import StepPlan, StepSettings, check_rewards
-from flowrl.step_schedulers._common import flow_grpo_std_dev_t
-from flowrl.step_schedulers.uniform import UniformStepScheduler
+from flowrl.sampling.steps import flow_grpo_std_dev_t
+from flowrl.step_schedulers._common import SDETrajectories
+from flowrl.step_schedulers.base import Fraction, KnobError, Knobs, NonNegFloat, NonNegInt, PosFloat, PosInt, check_at_most_steps
 
 CALIBRATION_DEFAULTS = {"iterations": 0, "num_samples": None, "eps1": 2.0, "eps2": 0.01, "min_std": 0.0, "max_std": None}
 
@@ -68,8 +74,34 @@ def calibration_update(psi: list[float], step_reward: torch.Tensor, eps1: float,
     return new, imbalance
 
 
-class DenseRewardStepScheduler(UniformStepScheduler):
+class CalibrationKnobs(Knobs):
+    iterations: NonNegInt  # Alg. 1 rounds before training (0 = off)
+    num_samples: PosInt | None = None  # N samples per round (null = G)
+    eps1: PosFloat
+    eps2: PosFloat
+    min_std: NonNegFloat
+    max_std: PosFloat | None = None
+
+
+class DenseRewardKnobs(Knobs):
+    timestep_fraction: Fraction
+    dense_horizon: PosInt | None = None  # ODE steps per completion (null = all remaining)
+    noise_levels_file: str | None = None
+    calibration: CalibrationKnobs
+    global_std: bool
+    optimizer_steps_per_rollout: PosInt
+
+    def check(self, method: dict, train: dict) -> None:
+        check_at_most_steps("dense_horizon", self.dense_horizon, method)
+        cal = self.calibration
+        if cal.iterations and (cal.num_samples or method["group_size"]) < 2:
+            raise KnobError("method.calibration.num_samples", cal.num_samples, ">= 2 (signs are pooled over the samples)")
+
+
+class DenseRewardStepScheduler(SDETrajectories):
     name = "dense_reward"
+    knobs = DenseRewardKnobs
+    sweep_knobs = ("dense_horizon",)
     run_name_knobs = {"dense_horizon": lambda v, m: f"n{v}"}
 
     def __init__(
@@ -125,7 +157,7 @@ class DenseRewardStepScheduler(UniformStepScheduler):
             noise_levels = json.loads(path.read_text())["noise_levels"]
         self.calibrated = noise_levels is not None
         if noise_levels is None:
-            noise_levels = [flow_grpo_std_dev_t(self.sigmas, i, self.noise_level) for i in range(self.num_steps)]
+            noise_levels = [flow_grpo_std_dev_t(self.sigmas[i], self.noise_level, self.sigmas[1]) for i in range(self.num_steps)]
         self.noise_levels = [float(x) for x in noise_levels]  # psi(t) per sigma index: the step's std_dev_t
         if len(self.noise_levels) != self.num_steps or min(self.noise_levels) < 0:
             raise ValueError(f"noise_levels needs {self.num_steps} values >= 0 (one per step), got {self.noise_levels}")
@@ -154,6 +186,9 @@ class DenseRewardStepScheduler(UniformStepScheduler):
             std = dr.std(1, unbiased=self.std_unbiased, keepdim=True)
         adv = (dr - mean) / (std + self.std_eps)
         return adv[:, :, [j.start for j in plan.jumps]]
+
+    def will_calibrate(self) -> bool:
+        return not self.calibrated and self.calibration["iterations"] > 0
 
     def calibrate(self, rollout_fn, prompts: list[str]) -> dict | None:
         """Alg. 1 for `calibration.iterations` rounds, each on N train prompts x one sample;

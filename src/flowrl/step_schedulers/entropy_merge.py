@@ -1,4 +1,13 @@
-"""`entropy_merge` (E-GRPO, Zhang et al. 2026, "E-GRPO: High Entropy Steps Drive Effective
+"""Follows shengjun-zhang/VisualGRPO fastvideo/trainer/grpo_trainer.py,
+fastvideo/workers/sampler/flux_sampler.py, fastvideo/config/config.yaml@ae619bf, and the paper
+where the code has no counterpart (the entropy merge); deviations:
+- the released flux_sampler.py branches only for the first sample of a group and then stacks an
+  empty list: it cannot run as released. Branching follows the paper and G²RPO: every sample of
+  every group leaves the anchor;
+- merge lengths come from the entropy rule (the code has fixed lists);
+- the ODE completion starts where the merged jump lands (k+l), not at k+1 (`completion_start`).
+
+`entropy_merge` (E-GRPO, Zhang et al. 2026, "E-GRPO: High Entropy Steps Drive Effective
 Reinforcement Learning for Flow Models"): merge consecutive low-entropy SDE steps into one
 high-entropy jump, branch G samples off an ODE anchor at each active step, and normalise
 advantages within the samples that share a (prompt, merged jump).
@@ -29,20 +38,20 @@ default is the code's, the paper's a switch:
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 from flowrl.contract import Branch, Jump, StepPlan, StepSettings, branch_group_advantages, check_rewards
-from flowrl.step_schedulers._common import strided_completion
-from flowrl.step_schedulers.base import StepScheduler
-from flowrl.step_schedulers.uniform import update_schedule
+from flowrl.sampling.steps import flow_grpo_std_dev_t
+from flowrl.step_schedulers._common import check_granularities, strided_completion, update_schedule
+from flowrl.step_schedulers.base import Knobs, NonNegFloat, PosInt, StepScheduler, check_at_most_steps, check_distinct
 
 
 def jump_entropy(sigma: float, sigma_next: float, noise_level: float, sigma_max: float) -> float:
     """Per-dimension differential entropy h/d (nats) of the SDE jump sigma -> sigma_next.
     Where sigma = 1 the std_dev_t denominator uses sigma_max (the schedule's sigmas[1])."""
-    denom = 1 - (sigma_max if sigma >= 1 else sigma)
-    var = noise_level**2 * sigma / denom * abs(sigma_next - sigma)  # std_dev_t^2 * |dsigma|
+    var = flow_grpo_std_dev_t(sigma, noise_level, sigma_max) ** 2 * abs(sigma_next - sigma)
     if var <= 0:
         return -math.inf
     return 0.5 * math.log(2 * math.pi * math.e * var)
@@ -71,8 +80,24 @@ def merge_lengths(
     return lengths
 
 
+class EntropyMergeKnobs(Knobs):
+    tau: NonNegFloat  # entropy threshold of a merged jump
+    num_branch_steps: PosInt  # active (branch) steps
+    merge: Literal["adaptive", "fixed"]
+    merge_length: PosInt  # merge=fixed only
+    granularities: list[PosInt]  # completion strides, advantages summed
+    completion_start: Literal["landing", "next"]
+    step_every: Literal["jump", "rollout"]
+
+    def check(self, method: dict, train: dict) -> None:
+        check_at_most_steps("num_branch_steps", self.num_branch_steps, method)
+        check_distinct("granularities", self.granularities)
+
+
 class EntropyMergeStepScheduler(StepScheduler):
     name = "entropy_merge"
+    knobs = EntropyMergeKnobs
+    sweep_knobs = ("tau", "num_branch_steps", "granularities")
     run_name_knobs = {
         "tau": lambda v, m: f"tau{v:g}",
         "merge": lambda v, m: f"fixed{m.get('merge_length')}" if v == "fixed" else None,
@@ -146,10 +171,3 @@ class EntropyMergeStepScheduler(StepScheduler):
         """rewards [P, G, B, C] -> [P, G, B]: group-normalised per (prompt, jump, granularity), summed."""
         check_rewards(rewards, plan)
         return branch_group_advantages(rewards, self.std_unbiased, self.std_eps)
-
-
-def check_granularities(granularities) -> list[int]:
-    out = [int(g) for g in granularities]
-    if not out or min(out) < 1 or len(set(out)) != len(out):
-        raise ValueError(f"granularities must be distinct integers >= 1, got {out}")
-    return out

@@ -1,4 +1,10 @@
-"""`singular_stochastic` (G²RPO, Zhou et al. 2025, "G²RPO: Granular GRPO for Precise Reward in
+"""Follows bcmi/Granular-GRPO fastvideo/train_g2rpo_hps.py@ef6ec9f and
+fastvideo/train_g2rpo_hps_clip.py@cae0961; deviations:
+- where the strided completion misses sigma = 0 its last point is replaced by T (the script
+  decodes the x0 prediction of its last point: the same image);
+- the G branches leaving one anchor state share that state's velocity (one forward, not G).
+
+`singular_stochastic` (G²RPO, Zhou et al. 2025, "G²RPO: Granular GRPO for Precise Reward in
 Flow Models"): one SDE step per branch off an ODE anchor (Singular Stochastic Sampling), and
 Multi-Granularity Advantage Integration (MGAI): every branch is also completed on coarser
 schedules, each granularity normalised within its group, the advantages summed.
@@ -20,13 +26,13 @@ the paper's {1, 2, 3} is `method.granularities=[1,2,3]`).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from flowrl.contract import Branch, Jump, StepPlan, StepSettings, branch_group_advantages, check_rewards
-from flowrl.step_schedulers._common import strided_completion
-from flowrl.step_schedulers.base import StepScheduler
-from flowrl.step_schedulers.entropy_merge import check_granularities
-from flowrl.step_schedulers.uniform import update_schedule
+from flowrl.step_schedulers._common import check_granularities, strided_completion, update_schedule
+from flowrl.step_schedulers.base import Knobs, PosInt, StepScheduler, check_at_most_steps, check_distinct
 
 
 def coarse_completion(e: int, num_steps: int, granularity: int) -> tuple[int, ...]:
@@ -34,8 +40,20 @@ def coarse_completion(e: int, num_steps: int, granularity: int) -> tuple[int, ..
     return strided_completion(e + 1, num_steps, granularity)
 
 
+class SingularStochasticKnobs(Knobs):
+    num_branch_steps: PosInt  # SDE steps e = 0 .. num_branch_steps - 1
+    granularities: list[PosInt]  # MGAI's Lambda
+    step_every: Literal["jump", "rollout"]
+
+    def check(self, method: dict, train: dict) -> None:
+        check_at_most_steps("num_branch_steps", self.num_branch_steps, method)
+        check_distinct("granularities", self.granularities)
+
+
 class SingularStochasticStepScheduler(StepScheduler):
     name = "singular_stochastic"
+    knobs = SingularStochasticKnobs
+    sweep_knobs = ("num_branch_steps", "granularities")
     run_name_knobs = {"granularities": lambda v, m: "L" + ",".join(str(g) for g in v)}
     small_overrides = ("method.num_steps=4", "method.group_size=2", "method.num_branch_steps=2", "method.granularities=[1,2]")
 

@@ -1,4 +1,10 @@
-"""`sliding_window` (MixGRPO, Li et al. 2025, "MixGRPO: Unlocking Flow-based GRPO Efficiency with
+"""Follows Tencent-Hunyuan/MixGRPO fastvideo/train_grpo_flux.py, fastvideo/utils/grpo_states.py,
+scripts/finetune/finetune_flux_grpo_MixGRPO.sh@e5cdd6a; deviations:
+- at start == max_timesteps the window rolls back (the script crashes on the empty window);
+- the `random` strategy draws from a seeded generator (the script's draws are unseeded);
+- MixGRPO-Flash (DPM-Solver++ after the window) is not built.
+
+`sliding_window` (MixGRPO, Li et al. 2025, "MixGRPO: Unlocking Flow-based GRPO Efficiency with
 Mixed ODE-SDE", arXiv 2507.21802): G full trajectories per prompt that are ODE everywhere except
 a window of w consecutive SDE steps; only the window's steps are trained, and the window moves
 with the iteration count. What the paper leaves open follows the official code
@@ -32,18 +38,36 @@ replays the official state machine from it, so the window of any iteration can b
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 from flowrl.contract import Jump, StepPlan, StepSettings, check_rewards
-from flowrl.step_schedulers.base import StepScheduler
-from flowrl.step_schedulers.uniform import update_schedule
+from flowrl.step_schedulers._common import update_schedule
+from flowrl.step_schedulers.base import Knobs, PosInt, StepScheduler, check_at_most_steps, check_whole_ranks
 
 STRATEGIES = ("progressive", "decay", "exp_decay", "random")
 
 
+class SlidingWindowKnobs(Knobs):
+    window_size: PosInt  # w SDE steps
+    strategy: Literal[STRATEGIES]
+    iters_per_group: PosInt  # iterations before the window moves
+    stride: PosInt
+    roll_back: bool
+    gradient_accumulation_steps: PosInt  # samples per optimizer step, per GPU
+    prompts_per_rank: PosInt  # prompts per emulated GPU
+
+    def check(self, method: dict, train: dict) -> None:
+        # MixGRPO's last two steps are never stochastic (max_timesteps = T - 2)
+        check_at_most_steps("window_size", self.window_size, method, margin=2)
+        check_whole_ranks(self.prompts_per_rank, train)
+
+
 class SlidingWindowStepScheduler(StepScheduler):
     name = "sliding_window"
+    knobs = SlidingWindowKnobs
+    sweep_knobs = ("window_size", "iters_per_group")
     run_name_knobs = {
         "window_size": lambda v, m: f"w{v}",
         "strategy": lambda v, m: None if v == "progressive" else v,

@@ -56,4 +56,3 @@ class Budget:
         if self.kind == "wall_s":
             return 10**7
         return math.ceil(self.amount / cost_per_iteration[self.kind])
-

@@ -6,7 +6,7 @@ What the next iteration depends on, each in a format that loads without unpickli
   ema.safetensors         the EMA's averaged weights (when method.ema.decay > 0)
   rng.safetensors         the module's rollout generator and torch's global generator states
   state.json              iterations / optimizer steps / budget spent, the step scheduler's
-                          state_dict (DenseGRPO's noise table, MixGRPO's window), python's and
+                          state_dict (e.g. a calibrated noise table, a moving window), python's and
                           numpy's RNG states, the MLflow run id, the config the run was started with
 
 The prompt sampler needs no state of its own: batch i is drawn from a generator seeded by

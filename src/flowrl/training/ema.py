@@ -3,11 +3,9 @@
     ema <- d * ema + (1 - d) * theta        every `every`-th optimizer step
 
 with d = decay, or, with `warmup` (flow_grpo's `EMAModuleWrapper`), d = min((1 + s) / (10 + s),
-decay) at optimizer step s, so the average starts from the live weights. The peers: Flow-GRPO
-(decay 0.9, every 8 steps, warmup) evaluates and checkpoints the average (it calls its update
-after every minibatch, so a due step may average in up to GA times; flowrl once per optimizer
-step, a simplification); DanceGRPO (`--use_ema`, 0.995, once per iteration) only saves it. Evaluation and the saved final model use the
-averaged weights (`swapped_in`), training keeps the raw ones. Costs one fp32 copy of the
+decay) at optimizer step s, so the average starts from the live weights. The values each method
+uses, and how its official script applies them, are in its yaml (`method.ema`); flowrl averages
+once per optimizer step. Evaluation and the saved final model use the averaged weights (`swapped_in`), training keeps the raw ones. Costs one fp32 copy of the
 trainable parameters (the LoRA weights only, with an adapter).
 """
 

@@ -135,7 +135,7 @@ def evaluate_before(cfg: DictConfig, logger, module, trainer, data, val_loader, 
 
     if resumed:
         return first_logged(logger, "val/reward/") if is_rank_zero() else {}
-    module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates (DenseGRPO)
+    module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates
     return held_out_rewards(trainer, module, val_loader)
 
 
@@ -202,7 +202,7 @@ def resolve_resume(cfg: DictConfig):
             f"no checkpoint under {run_dir / 'checkpoints'} (a run writes one every train.checkpoint_every iterations and on SIGTERM / SIGINT)",
         )
     # the config as composed, interpolations kept, so that an override re-resolves what depends on
-    # it (method.tau feeds method.step_scheduler.tau); the run's own output dir in place of Hydra's
+    # it (method.<knob> feeds method.step_scheduler.<knob>); the run's own output dir in place of Hydra's
     resolved = ckpt.state["config"]
     saved = OmegaConf.create(ckpt.state.get("config_unresolved") or resolved)
     saved.paths.output_dir = str(resolved["paths"]["output_dir"])

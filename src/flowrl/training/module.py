@@ -2,11 +2,10 @@
 
 Reads top to bottom in training_step. The step scheduler's plan of the iteration is built once
 and is all that the rollout engine and the policy update see; the update (flowrl.engine.update, the one
-trained-jump loop) places the optimizer steps where the plan says (per trained timestep for
-E-GRPO / G²RPO, every few samples for DanceGRPO / MixGRPO, per share of the rollout for Flow-GRPO
-/ DenseGRPO: what each official script does). Manual optimization. The training forward
-re-evaluates each jump with the rollout's row chunks, so the ratio is exactly 1 before the first
-optimizer step of every iteration (tested bit for bit).
+trained-jump loop) places the optimizer steps where the plan says (per trained jump, every few
+samples, or per share of the rollout: what each method's official script does). Manual optimization. The training forward
+re-evaluates each jump with the rollout's row chunks (flowrl.engine.rollout says why the ratio is
+then exactly 1 before the first optimizer step).
 
 Metrics are logged at step = iterations completed (train: 1..N; held-out: 0 before training,
 then every `trainer.val_check_interval` iterations or, with a budget, at 25 / 50 / 75% of it:
@@ -248,7 +247,7 @@ class GRPOModule(L.LightningModule):
         return stats
 
     def calibrate(self, prompts: list[str], logger=None) -> dict | None:
-        """The step scheduler's optional pre-training phase (e.g. DenseGRPO's exploration
+        """The step scheduler's optional pre-training phase (e.g. an exploration
         calibration), run with this module's rollout; logged as an artifact when it happens."""
         record = self.step_scheduler.calibrate(self._counted_rollout, list(prompts))
         if record is not None and hasattr(logger, "run_id"):
@@ -256,7 +255,7 @@ class GRPOModule(L.LightningModule):
         return record
 
     def _counted_rollout(self, prompts: list[str], plan):
-        """A rollout whose cost counts toward the budget spent (DenseGRPO's calibration)."""
+        """A rollout whose cost counts toward the budget spent (a method's calibration)."""
         out = self.rollout(prompts, plan)
         b = plan.budget()
         self.nfe_total += b["nfe_per_prompt"] * len(prompts)

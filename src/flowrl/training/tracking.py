@@ -3,7 +3,7 @@
 A run records: params = the flattened resolved config, namespaced metrics (`train/loss`,
 `train/reward/<name>`, `val/reward/<name>`, `perf/nfe`), artifacts (the resolved config, sample
 grids, final weights) and tags (git commit, dirty tree, and the knobs a sweep compares: method,
-tau, group_size, clip_eps, seed, sweep, budget). Experiments are tagged
+group_size, clip_eps, the method's own sweep knobs, seed, sweep, budget). Experiments are tagged
 mlflow.experimentKind=custom_model_development so the MLflow 3 UI opens on their runs.
 
 mlflow and lightning take seconds to import, so they are imported inside the functions:
@@ -126,7 +126,7 @@ RUN_NAME_PARTS = (  # (config key, or a function of the config; how it reads in 
 
 
 def run_name(cfg) -> str:
-    """'dancegrpo G12 clip1e-04 a0.3 lr1e-05 s0': the method and its key hyper-parameters.
+    """'<method> G12 clip1e-04 a0.3 lr1e-05 s0': the method and its key hyper-parameters.
 
     The MLflow run list shows names first; this makes sweep members tell apart at a glance.
     Keys the config lacks are left out."""
@@ -241,23 +241,18 @@ def sqlite_store_lock(uri: str):
     that on one fresh file at once (a parallel Hydra sweep, two trainings started together)
     corrupt it: "duplicate column name: step", "table latest_metrics already exists" (measured:
     3 or 4 of 4 processes started together failed). Once the first one has migrated, the others
-    find the schema current and only read. Other stores, and systems without fcntl, pass through."""
+    find the schema current and only read. Other stores pass through. (filelock: the library
+    that does this on every OS; it ships with huggingface_hub, a dependency already.)"""
     path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent first runs stay the user's business
-        fcntl = None
-    if path is None or fcntl is None:
+    if path is None:
         yield
         return
+    from filelock import FileLock
+
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the process creating the store is done
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(lock):  # blocks until the process creating the store is done
+        yield
 
 
 @functools.cache
@@ -292,14 +287,25 @@ def _run_logger_class():
 
 
 BUDGET_KEYS = ("nfe", "reward_queries", "wall_s")
-RUN_TAG_KEYS = (  # (tag, config key): the UI's group-by and parallel-coordinates read these
+SHARED_TAG_KEYS = (  # (tag, config key): the UI's group-by and parallel-coordinates read these
     ("method", "method.name"),
-    ("tau", "method.tau"),
     ("group_size", "method.group_size"),
     ("clip_eps", "method.clip_eps"),
     ("seed", "seed"),
     ("sweep", "sweep"),
 )
+
+
+def run_tag_keys(resolved: dict) -> list[tuple[str, str]]:
+    """The shared tags, then the method's own `sweep_knobs` (declared by its step scheduler class:
+    e.g. an entropy threshold or a window size), each tagged under its own name."""
+    target = ((resolved.get("method") or {}).get("step_scheduler") or {}).get("_target_")
+    knobs = ()
+    if target:
+        from hydra.utils import get_class
+
+        knobs = getattr(get_class(target), "sweep_knobs", ())
+    return [*SHARED_TAG_KEYS[:3], *[(k, f"method.{k}") for k in knobs], *SHARED_TAG_KEYS[3:]]
 
 
 def _budget_tag(resolved: dict) -> str | None:
@@ -314,8 +320,8 @@ def _budget_tag(resolved: dict) -> str | None:
 
 
 def run_tags(cfg) -> dict[str, str]:
-    """{'method': 'egrpo', 'tau': '2.2', 'group_size': '12', 'clip_eps': '0.0001', 'seed': '0',
-    'sweep': 'tau', 'budget': 'iterations=30'}: the knobs a sweep compares, as MLflow run tags.
+    """{'method': <name>, 'group_size': '12', 'clip_eps': '0.0001', <the method's sweep knobs>,
+    'seed': '0', 'sweep': <name>, 'budget': 'iterations=30'}: the knobs a sweep compares, as MLflow run tags.
 
     The UI groups runs by a tag in one click (mean with a band over seeds) and lists tags in
     its parallel-coordinates chart; params are there too, but under their full dotted keys
@@ -324,7 +330,7 @@ def run_tags(cfg) -> dict[str, str]:
     if not isinstance(resolved, dict):
         return {}
     tags = {}
-    for tag, key in RUN_TAG_KEYS:
+    for tag, key in run_tag_keys(resolved):
         node = resolved
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -338,7 +344,7 @@ def run_tags(cfg) -> dict[str, str]:
 
 def log_run_metadata(logger, cfg, seed: int | None = None) -> None:
     """Params (the flattened resolved config), tags (git commit, dirty tree, and the sweep knobs
-    of `run_tags`: method, tau, group_size, clip_eps, seed, sweep, budget) and the resolved
+    of `run_tags`: method, group_size, clip_eps, the method's sweep knobs, seed, sweep, budget) and the resolved
     config as artifact config/resolved.yaml.
 
     Params go through log_batch in chunks of 100 (the store's per-request limit; MLflow 3's client
