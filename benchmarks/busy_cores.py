@@ -1,6 +1,6 @@
 """Busy cores (CPU time / wall) per phase of the make-train configuration, over 4 iterations.
 
-    python experiments/bench/busy_cores.py [overrides]     # e.g. model.precision=fp32
+    python -m benchmarks.busy_cores [overrides]     # e.g. model.precision=fp32
 
 Each phase of the module is wrapped with perf_counter and process_time (the process's CPU time
 over all its threads), and one line per phase is printed: the README's "Both cores" table. It

@@ -1,10 +1,21 @@
-"""`python -m benchmarks.bench --quick` end to end into a tmp dir (experiments/bench is left alone)."""
+"""benchmarks/: `python -m benchmarks.bench --quick` end to end into a tmp dir (experiments/bench is
+left alone), the peer loops against the engine, the GPU suite's dry run, the FLOPs count."""
 
 import csv
 
 import pytest
+import torch
 
-from benchmarks.bench import METHODS, main
+from benchmarks.bench import main
+from benchmarks.methods import METHODS, compose_method
+from benchmarks.peers import PEER_BATCHES, peer_rollout
+from benchmarks.timing import TimedModel
+
+# Optimizer steps of one iteration (1 prompt) at each method's small_overrides, worked by hand from
+# the method's update rule: DanceGRPO steps every 4 samples and MixGRPO every 3 (G = 2: one
+# step); DenseGRPO once per rollout; Flow-GRPO twice per rollout (two half-batches); E-GRPO and
+# G²RPO once per branch point (2 of them).
+OPTIMIZER_STEPS = {"dancegrpo": 1, "densegrpo": 1, "egrpo": 2, "flowgrpo": 2, "g2rpo": 2, "mixgrpo": 1}
 
 
 def test_bench_quick_tables_and_equal_nfe(tmp_path):
@@ -37,19 +48,57 @@ def test_bench_quick_tables_and_equal_nfe(tmp_path):
         assert r["images"] == r["peer_reward_queries"] == r["reward_queries_per_prompt"]
         assert r["reward_shape"] == r["peer_reward_shape"]
         assert 0 < r["forward_share"] <= 1 and r["rollout_s"] > 0 and r["peer_s"] > 0 and r["iteration_s"] >= r["rollout_s"]
-        assert r["peer_iteration_s"] >= r["peer_s"] and r["iteration_vs_peer"] == r["peer_iteration_s"] / r["iteration_s"]
-        # the peer loop in the official scripts' batch sizes (conf/method/<m>.yaml peer:)
-        assert (r["peer_rollout_batch"], r["peer_update_batch"]) in {(1, 1), (9, 9)}
+        # both updates took the optimizer steps the method's rule gives (none skipped or merged)
+        assert r["optimizer_steps_applied"] == r["peer_optimizer_steps_applied"] == OPTIMIZER_STEPS[r["method"]], r["method"]
+        # the peer loop in the official scripts' batch sizes (benchmarks/peers.py)
+        batches = PEER_BATCHES[r["method"]]
+        assert (r["peer_rollout_batch"], r["peer_update_batch"]) == (batches.rollout_batch, batches.update_batch)
     # the engine actually spends fewer evaluations where G jumps leave one anchor state, no fewer elsewhere
     assert by_method["egrpo"]["engine_evals"] < by_method["egrpo"]["peer_evals"]
     assert by_method["dancegrpo"]["engine_evals"] == by_method["dancegrpo"]["peer_evals"]
 
 
+def test_peer_batches_cover_every_method():
+    assert sorted(PEER_BATCHES) == sorted(METHODS)
+    assert all(b.rollout_batch >= 1 and b.update_batch >= 1 and b.source for b in PEER_BATCHES.values())
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    from flowrl.models.tiny_flux import TinyFluxConfig, TinyFluxModel
+
+    torch.manual_seed(0)
+    return TinyFluxModel(TinyFluxConfig(num_layers=1, num_single_layers=1, image_size=16)).eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_peer_rollout_samples_the_engines_images(method, small_model):
+    # One prompt, the whole group in one micro-batch: the peer loop draws its noise in the engine's
+    # order, so it must score the same images (to float rounding of other batchings) and spend
+    # exactly the papers' NFE.
+    from flowrl.engine.rollout import rollout
+
+    model = small_model
+    plan = compose_method(method, [], small=True).step_scheduler.plan(0, torch.Generator().manual_seed(0))
+
+    def brightness(images, prompts):
+        return {"brightness": images.mean(dim=(1, 2, 3))}
+
+    prompts = ["a red circle on a blue background"]
+    engine = rollout(model, plan, prompts, brightness, torch.Generator().manual_seed(3), max_batch=64)
+    timed = TimedModel(model)
+    peer = peer_rollout(timed, plan, prompts, brightness, torch.Generator().manual_seed(3), micro_batch=plan.group_size)
+    assert peer["brightness"].shape == engine.parts["brightness"].shape
+    torch.testing.assert_close(peer["brightness"], engine.parts["brightness"], rtol=1e-4, atol=1e-5)
+    assert timed.evals == plan.budget()["nfe_per_prompt"]
+    # a different noise stream gives other images: the comparison above is not vacuous
+    other = peer_rollout(model, plan, prompts, brightness, torch.Generator().manual_seed(4), micro_batch=plan.group_size)
+    assert not torch.allclose(other["brightness"], engine.parts["brightness"], rtol=1e-4, atol=1e-5)
+
+
 def test_gpu_suite_dry_run(tmp_path):
     # The one-call GPU suite on the CPU at scaled-down sizes: every section runs and is written.
-    from benchmarks.bench import main as bench_main
-
-    bench_main(["--suite", "gpu", "--dry-run", "--out", str(tmp_path)])
+    main(["--suite", "gpu", "--dry-run", "--out", str(tmp_path)])
     text = (tmp_path / "gpu_dry_run.md").read_text()
     for section in ("## forward", "## egrpo_rollout", "## lora_step", "## toy_iteration"):
         assert section in text, section
@@ -65,7 +114,12 @@ def test_flux_forward_flops_hand_worked():
     # tokens T = 1536. Per block: 2 x 12 j^2 T = 3.4789e11 and attention 4 T^2 j = 2.8991e10, so
     # 57 x 3.7688e11 = 2.1482e13 FLOPs per row (21.5 TFLOP); at H200's 989.5 TFLOPS a 12-row
     # forward in 0.5 s would be 52% MFU.
-    from benchmarks.gpu import FLUX_DEV, forward_flops
+    from benchmarks.gpu import FLUX_DEV
+    from flowrl.models.flux import flux_forward_flops
+    from flowrl.models.tiny_flux import TinyFluxModel
 
-    assert forward_flops(FLUX_DEV, 1024, 512) == pytest.approx(57 * (24 * 3072**2 * 1536 + 4 * 1536**2 * 3072))
-    assert forward_flops(FLUX_DEV, 1024, 512) == pytest.approx(2.1482e13, rel=1e-4)
+    assert flux_forward_flops(FLUX_DEV, 1024, 512) == pytest.approx(57 * (24 * 3072**2 * 1536 + 4 * 1536**2 * 3072))
+    assert flux_forward_flops(FLUX_DEV, 1024, 512) == pytest.approx(2.1482e13, rel=1e-4)
+    # the shipped tiny model: j = 4 x 32 = 128, 2 + 4 = 6 blocks, 64 image + 8 text tokens T = 72:
+    # 6 x (24 x 128^2 x 72 + 4 x 72^2 x 128) = 6 x (28,311,552 + 2,654,208) = 185,794,560 per row
+    assert TinyFluxModel().forward_flops(3) == 3 * 185_794_560

@@ -27,6 +27,19 @@ from flowrl.models.diffusers_base import (
 )
 
 
+def flux_forward_flops(config, image_tokens: int, text_tokens: int) -> float:
+    """Model FLOPs of one FluxTransformer2DModel forward of one row (multiply-add = 2), as nanoGPT's
+    estimate_mfu counts a transformer's: the matmuls only. `config`: the transformer's config (or
+    its dict). Width j = heads x head_dim; every token passes 12 j^2 matmul parameters per block (a
+    joint block's stream: qkv 3j^2 + out j^2 + MLP 8j^2; a single block: fused qkv + MLP-in 7j^2,
+    out 5j^2), and attention adds QK^T and AV, 4 tokens^2 j per block, over image + text tokens.
+    Embeddings and the AdaLN modulation are left out (under 1% at FLUX.1-dev's size)."""
+    j = config["num_attention_heads"] * config["attention_head_dim"]
+    tokens = image_tokens + text_tokens
+    blocks = config["num_layers"] + config["num_single_layers"]
+    return float(blocks * (2 * 12 * j * j * tokens + 4 * tokens * tokens * j))
+
+
 class FluxModel(DiffusersFlowModel):
     pipeline_class = "FluxPipeline"
 
@@ -55,6 +68,11 @@ class FluxModel(DiffusersFlowModel):
                 return_dict=False,
             )[0]
         return v.to(x_t.dtype)
+
+    def forward_flops(self, batch: int, text_tokens: int) -> float:
+        """Model FLOPs of `velocity` on `batch` rows (flux_forward_flops); the caller says the text
+        length, which the prompt encoder's max_sequence_length sets (512 by default)."""
+        return batch * flux_forward_flops(self.transformer.config, self.latent_shape[0], text_tokens)
 
 
 def _text_encoders(path: Path, dtype: torch.dtype, max_sequence_length: int):

@@ -170,6 +170,13 @@ class TinyFluxModel(FlowModel):
             )[0]
         return v.to(x_t.dtype)
 
+    def forward_flops(self, batch: int) -> float:
+        """Model FLOPs of `velocity` on `batch` rows (flowrl.models.flux.flux_forward_flops): the
+        text is always max_text_len tokens (padded)."""
+        from flowrl.models.flux import flux_forward_flops
+
+        return batch * flux_forward_flops(self.transformer.config, self.latent_shape[0], self.config.max_text_len)
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> clean packed latents x_0 in [-1, 1]."""
         return pack_images(images * 2 - 1, self.config.patch_size)
