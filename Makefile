@@ -63,9 +63,10 @@ pretrain: $(STAMP) ## regenerate the shipped tiny model and tiny_clip weights (~
 	$(PY) -m flowrl.pretrain
 	$(PY) -m flowrl.rewards.train_tiny_clip
 
-lint: $(STAMP) ## ruff
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+lint: $(STAMP) ## ruff (style), vulture (dead code; what only yaml or a framework calls is in .vulture_whitelist.py)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+	$(VENV)/bin/vulture src/flowrl benchmarks tests .vulture_whitelist.py --min-confidence 60 --ignore-decorators "@pytest.fixture"
 
 clean: ## remove the venv and run outputs (keeps mlflow.db)
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -59,7 +59,7 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """`flowrl-sample`: the command line checked first, then Hydra's main."""
-    from flowrl.entry import run_checked
+    from flowrl.config.compose import run_checked
 
     run_checked(main, "sample")
 

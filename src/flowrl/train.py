@@ -6,9 +6,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from flowrl.config.compose import CONF_DIR, apply_smoke
+from flowrl.config.compose import CONF_DIR, apply_smoke, run_checked
 from flowrl.config.errors import exit_on_user_error
-from flowrl.entry import run_checked
 from flowrl.training.loop import train
 
 

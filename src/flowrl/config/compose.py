@@ -81,6 +81,23 @@ def check_command_line(argv: list[str], config_name: str = "train") -> None:
         check_config(cfg)
 
 
+def run_checked(main, config_name: str = "train") -> None:
+    """check_command_line(sys.argv[1:]), then `main()` (a hydra.main function)."""
+    import os
+    import sys
+
+    from flowrl.config.errors import UserFacingError
+
+    try:
+        check_command_line(sys.argv[1:], config_name)
+    except UserFacingError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"flowrl: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    main()
+
+
 def _one_line(err: Exception) -> str:
     """Hydra's composition errors in one line (the hint about HYDRA_FULL_ERROR left out)."""
     import re

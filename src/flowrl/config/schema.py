@@ -104,7 +104,7 @@ class ModelSchema(_Open):
     precision: Literal["fp32", "bf16-autocast"] | None = None
 
 
-def _first_error(err: ValidationError, group: str, cfg_node) -> tuple[str, Any, str]:
+def _first_error(err: ValidationError, group: str) -> tuple[str, Any, str]:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
     key = f"{group}.{loc}" if loc else group
@@ -167,7 +167,7 @@ def check_config(cfg) -> None:
         try:
             schema.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(*_first_error(err, group, data)) from None
+            raise ConfigError(*_first_error(err, group)) from None
     from flowrl.training.budget import Budget
 
     Budget.from_config(cfg.get("budget"))  # at most one budget (torch-free, so in well under a second)
@@ -225,7 +225,7 @@ def check_method_knobs(cfg) -> None:
             raise ConfigError(
                 key, e.get("input"), f"not a knob of method {method['name']} ({cls.__name__}; its own knobs: {declared})"
             ) from None
-        raise ConfigError(*_first_error(err, "method", own)) from None
+        raise ConfigError(*_first_error(err, "method")) from None
     from flowrl.step_schedulers.base import KnobError
 
     try:

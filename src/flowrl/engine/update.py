@@ -83,13 +83,7 @@ def policy_update(
     `backward(loss)` defaults to loss.backward() (Lightning passes manual_backward).
     `reference_mean(rollout, jump_set, rows)` gives the reference policy's transition mean for the KL term
     (needed when loss.kl_beta > 0)."""
-    if len(advantages) != len(rollout.jump_sets):
-        raise ValueError(f"{len(advantages)} advantage tensors for {len(rollout.jump_sets)} jumps")
-    for j, (a, js) in enumerate(zip(advantages, rollout.jump_sets)):
-        if tuple(a.shape) != tuple(js.log_prob.shape):
-            raise ValueError(f"jump {j}: advantages {tuple(a.shape)} do not match the jump set {tuple(js.log_prob.shape)}")
-    if loss.kl_beta > 0 and reference_mean is None:
-        raise ValueError("kl_beta > 0 needs reference_mean")
+    _check_inputs(rollout, advantages, loss, reference_mean)
     backward = backward or torch.Tensor.backward
     keep = _kept_rows(plan, advantages)  # [M] bool per start state, or None: every term counts
     stats = UpdateStats()
@@ -108,29 +102,8 @@ def policy_update(
                 kept = _kept(keep, rows).repeat_interleave(k_of[block.jump])  # [rows * K]
                 if bad is not None or not kept.any():
                     continue
-                idx = rows.to(js.log_prob.device)
-                out = jump_log_prob(model, rollout, js, rows)  # the whole chunk: the rollout's batch
-                if not torch.isfinite(out.log_prob).all():
-                    bad = "log_prob"
-                    continue
-                kl = {}
-                if loss.kl_beta > 0:
-                    ref = reference_mean(rollout, js, rows)
-                    scale = out.std_dev_t if loss.kl_form == "official" else out.std
-                    if scale.ndim:  # per-row coefficients follow the kept rows
-                        scale = scale[kept]
-                    kl = {"mean": out.mean[kept], "ref_mean": ref[kept], "std": scale}
-                res = grpo_loss(
-                    out.log_prob[kept],
-                    js.log_prob[idx].flatten()[kept],
-                    adv[idx].flatten()[kept],
-                    loss.clip_eps,
-                    adv_clip=loss.adv_clip,
-                    kl_beta=loss.kl_beta,
-                    **kl,
-                )
-                if not torch.isfinite(res.loss):
-                    bad = "loss"
+                res, bad = _chunk_loss(model, rollout, js, rows, kept, adv, loss, reference_mean)
+                if bad is not None:
                     continue
                 n = int(kept.sum())
                 backward(res.loss * (n / n_terms))
@@ -148,6 +121,44 @@ def policy_update(
         if o == 0 and n_terms and first_ratios:
             stats.first_step_ratio_mean = sum(first_ratios) / n_terms
     return stats
+
+
+def _check_inputs(rollout: Rollout, advantages: list[torch.Tensor], loss: LossConfig, reference_mean) -> None:
+    if len(advantages) != len(rollout.jump_sets):
+        raise ValueError(f"{len(advantages)} advantage tensors for {len(rollout.jump_sets)} jumps")
+    for j, (a, js) in enumerate(zip(advantages, rollout.jump_sets)):
+        if tuple(a.shape) != tuple(js.log_prob.shape):
+            raise ValueError(f"jump {j}: advantages {tuple(a.shape)} do not match the jump set {tuple(js.log_prob.shape)}")
+    if loss.kl_beta > 0 and reference_mean is None:
+        raise ValueError("kl_beta > 0 needs reference_mean")
+
+
+def _chunk_loss(model, rollout: Rollout, js, rows: torch.Tensor, kept: torch.Tensor, adv, loss: LossConfig, reference_mean):
+    """(GRPO loss of one chunk's kept terms, None), or (None, cause) for a non-finite log-prob or
+    loss. The whole chunk goes through the forward: the rollout's batch, so the ratio is 1."""
+    idx = rows.to(js.log_prob.device)
+    out = jump_log_prob(model, rollout, js, rows)
+    if not torch.isfinite(out.log_prob).all():
+        return None, "log_prob"
+    kl = {}
+    if loss.kl_beta > 0:
+        ref = reference_mean(rollout, js, rows)
+        scale = out.std_dev_t if loss.kl_form == "official" else out.std
+        if scale.ndim:  # per-row coefficients follow the kept rows
+            scale = scale[kept]
+        kl = {"mean": out.mean[kept], "ref_mean": ref[kept], "std": scale}
+    res = grpo_loss(
+        out.log_prob[kept],
+        js.log_prob[idx].flatten()[kept],
+        adv[idx].flatten()[kept],
+        loss.clip_eps,
+        adv_clip=loss.adv_clip,
+        kl_beta=loss.kl_beta,
+        **kl,
+    )
+    if not torch.isfinite(res.loss):
+        return None, "loss"
+    return res, None
 
 
 def _kept_rows(plan, advantages: list[torch.Tensor]) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """FLUX.1-dev behind FlowModel: diffusers FluxTransformer2DModel + AutoencoderKL, CLIP-L (pooled)
 and T5-XXL (per-token) text encoders, from a local diffusers directory.
 
-Conventions (checked against FluxPipeline by tests/test_real_models.py on a tiny random FLUX):
+Conventions (checked against FluxPipeline by tests/models/test_real_models.py on a tiny random FLUX):
 - latents: 16-channel VAE latents at 1/8 resolution, scaled `(z - shift) * scale`, packed in 2x2
   patches -> [B, (H/16)(W/16), 64]; RoPE ids (0, row, col) per token, zeros for text tokens.
 - timestep: the transformer takes sigma itself (it multiplies by 1000 inside; the pipeline

@@ -1,7 +1,7 @@
 """Stable Diffusion 3.5 (Medium) behind FlowModel: diffusers SD3Transformer2DModel + AutoencoderKL,
 two CLIP text encoders (L and bigG, with projection) and T5-XXL, from a local diffusers directory.
 
-Conventions (checked against StableDiffusion3Pipeline by tests/test_real_models.py):
+Conventions (checked against StableDiffusion3Pipeline by tests/models/test_real_models.py):
 - latents: 16-channel VAE latents at 1/8 resolution, scaled `(z - shift) * scale`; packed here in
   2x2 patches like FLUX ([B, (H/16)(W/16), 64]) and unpacked to [B, 16, H/8, W/8] for the
   transformer (which patchifies by itself).

@@ -125,11 +125,6 @@ class PromptEncoder:
             self._encode_missing(missing, keep=False)
         return len(missing)
 
-    def free(self) -> None:
-        """Drop the encoders entirely (they re-load on the next miss)."""
-        self.encoders = None
-        _release_memory()
-
     # -- internals -----------------------------------------------------------------------
     def _lookup(self, prompts: list[str]) -> dict[str, dict[str, torch.Tensor]]:
         found = {}

@@ -19,7 +19,7 @@ def time_shift(s: torch.Tensor, shift: float) -> torch.Tensor:
 def flow_sigmas(num_steps: int = 16, shift: float = 3.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Sigmas [T+1] from 1 down to 0 for T = num_steps Euler/SDE steps.
 
-    s = linspace(1, 0, T+1); sigma = shift*s / (1 + (shift-1)*s)  (DESIGN.md, DanceGRPO/Flow-GRPO).
+    s = linspace(1, 0, T+1); sigma = shift*s / (1 + (shift-1)*s)  (DanceGRPO's FLUX scripts).
     Computed in fp64 and cast, so the endpoints are exactly 1 and 0.
     """
     if int(num_steps) != num_steps or num_steps < 1:

@@ -133,7 +133,7 @@ def sde_step(
 ) -> SDEStepOutput:
     """Flow-GRPO stochastic step from sigma to sigma_next with noise level a (`noise_level`).
 
-    sde_type="sde" (Flow-GRPO, DESIGN.md):
+    sde_type="sde" (Flow-GRPO, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py):
       std_dev_t = a * sqrt(sigma / (1 - sigma))          (sigma == 1: 1 - sigma_max below)
       mean = x * (1 + std_dev_t^2 * dt / (2 sigma)) + v * (1 + std_dev_t^2 (1 - sigma) / (2 sigma)) * dt
       std  = std_dev_t * sqrt(-dt)

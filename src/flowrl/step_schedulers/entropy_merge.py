@@ -16,7 +16,7 @@ Entropy of one Flow-GRPO SDE jump sigma -> sigma' (Gaussian, d dims, std_dev_t a
     h = d/2 * log(2*pi*e * a^2 * sigma/(1 - sigma) * |sigma' - sigma|)
 The threshold tau is compared with the per-dimension scale exp(h/d) = sqrt(2*pi*e * std^2) of
 the jump, which is what reproduces the paper's merge lengths (T 16, shift 3, a 0.7; checked in
-tests/test_methods.py): tau 1.8 -> [1,1,1,2,2,2,2,3], 2.0 -> [1,1,1,2,2,2,3,3], 2.6 -> [1,1,2,3,3,4,4,4].
+tests/step_schedulers/test_methods.py): tau 1.8 -> [1,1,1,2,2,2,2,3], 2.0 -> [1,1,1,2,2,2,3,3], 2.6 -> [1,1,2,3,3,4,4,4].
 
 The paper gives tau, the merge rule, the first 8 of 16 steps, G, lr and the advantage; the
 official code (shengjun-zhang/VisualGRPO) has no entropy computation (its branch steps and merge

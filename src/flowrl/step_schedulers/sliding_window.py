@@ -45,6 +45,7 @@ import torch
 from flowrl.contract import Jump, StepPlan, StepSettings, check_rewards
 from flowrl.step_schedulers._common import update_schedule
 from flowrl.step_schedulers.base import Knobs, PosInt, StepScheduler, check_at_most_steps, check_whole_ranks
+from flowrl.utils.seeds import mix_seed
 
 STRATEGIES = ("progressive", "decay", "exp_decay", "random")
 
@@ -139,7 +140,7 @@ class SlidingWindowStepScheduler(StepScheduler):
         return {"iteration": 0, "start": self._random_start(0) if self.strategy == "random" else 0, "iter_in_group": 0}
 
     def _random_start(self, iteration: int) -> int:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        g = torch.Generator().manual_seed(mix_seed("window", self.seed, iteration))
         return int(torch.randint(0, self.max_timesteps - self.window_size + 1, (1,), generator=g))
 
     def _interval(self, start: int) -> int:

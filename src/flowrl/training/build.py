@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from flowrl.utils.seeds import mix_seed
+
 
 class PromptBatches:
     """The train prompts of iterations start, start+1, ..., iterations-1: batch i is P prompts drawn
@@ -25,8 +27,7 @@ class PromptBatches:
         from flowrl.training.distributed import rank_and_world
 
         rank = rank_and_world()[0] if self.rank is None else self.rank  # under DDP each rank draws its own prompts
-        # (torch's CPU generator keeps only the low 32 bits of a seed: the rank offset must live there)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.start + i + rank * 7_919_993) % 2**32)
+        g = torch.Generator().manual_seed(mix_seed("prompts", self.seed, self.start + i, rank))
         return [self.prompts[j] for j in torch.randint(len(self.prompts), (self.per_step,), generator=g).tolist()]
 
 

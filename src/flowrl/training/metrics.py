@@ -27,6 +27,7 @@ def iteration_metrics(module, scores, adv: list[torch.Tensor], stats, ro, rollou
             "train/adv_std": flat_adv.std().item(),
             "train/adv_abs_mean": flat_adv.abs().mean().item(),
             "train/first_step_ratio_mean": first_ratio if first_ratio is not None else float("nan"),
+            "train/lr": module.current_lr(),
             "perf/nfe": float(ro.nfe),
             "perf/forwards": float(ro.forwards),
             "perf/optimizer_steps": float(stats.optimizer_steps),

@@ -29,6 +29,7 @@ from flowrl.engine.update import LossConfig, policy_update
 from flowrl.sampling.ode import generate
 from flowrl.training.ema import EMA
 from flowrl.training.metrics import iteration_metrics, log_metrics
+from flowrl.utils.seeds import mix_seed
 
 
 @dataclass
@@ -117,9 +118,8 @@ class GRPOModule(L.LightningModule):
     def iteration_seed(self, iteration: int, rank: int) -> int:
         """The rollout generator's seed for (iteration, rank): each iteration draws its plan and its
         noise from a generator seeded anew, so a resumed run (on any rank) draws exactly what the
-        uninterrupted one would, and every DDP rank has noise of its own. (torch's CPU generator
-        keeps the low 32 bits of a seed: every term must live there.)"""
-        return (self.seed * 1_000_003 + iteration * 7_919 + rank * 104_729_989) % 2**32
+        uninterrupted one would, and every DDP rank has noise of its own."""
+        return mix_seed("rollout", self.seed, iteration, rank)
 
     def on_fit_start(self):
         """A resumed run's optimizer state goes into the optimizer Lightning just built."""
@@ -160,6 +160,10 @@ class GRPOModule(L.LightningModule):
             group.setdefault("initial_lr", group["lr"])
         sched = self.lr_scheduler_factory(opt, last_epoch=self.optimizer_steps_done - 1)
         return {"optimizer": opt, "lr_scheduler": sched}
+
+    def current_lr(self) -> float:
+        """The lr the next optimizer step will use (the lr_scheduler's current value)."""
+        return float(self.optimizers().optimizer.param_groups[0]["lr"])
 
     # ---- training -------------------------------------------------------------------------
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
