@@ -4,8 +4,71 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# What a run writes relative to its working directory (Hydra's run dirs, MLflow's default store and
+# its ./mlruns artifacts, the prompt-embedding cache): none of it may appear in the repository.
+RUN_OUTPUTS = ("outputs", "multirun", "mlruns", "mlflow.db", ".cache", "build", "dist")
+
+
+@pytest.fixture
+def make_cfg(tmp_path, monkeypatch):
+    """The one way a test composes a config: `flowrl.config.compose.compose` (conf/<config_name>.yaml
+    and Hydra overrides, as every entry point composes it), with what a run writes under tmp_path.
+
+        cfg = make_cfg("method=dancegrpo", "train.iterations=2")
+        cfg = make_cfg("per_prompt=1", config_name="sample")
+        cfg = make_cfg(..., output_dir=tmp_path / "cut")      # several runs in one test, one store
+
+    paths.output_dir is `output_dir` (default tmp_path); a train config's MLflow store
+    (logger.tracking_uri) is sqlite:///<tmp_path>/mlflow.db; and the test runs in tmp_path (chdir),
+    so that MLflow's artifacts (./mlruns of the working directory when an experiment is created) and
+    any relative path land there too. The test's overrides come after these and win.
+    `return_hydra_config=True` keeps the `hydra` node (a launcher's or sweeper's config), which
+    flowrl's compose drops: Hydra's compose API on the same conf/ tree."""
+    monkeypatch.chdir(tmp_path)
+
+    def make(*overrides: str, config_name: str = "train", output_dir=None, return_hydra_config: bool = False):
+        from flowrl.config.compose import CONF_DIR, compose
+
+        base = [f"paths.output_dir={output_dir or tmp_path}"]
+        if config_name == "train":
+            base.append(f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+        if not return_hydra_config:
+            return compose([*base, *overrides], config_name)
+        from hydra import compose as hydra_compose
+        from hydra import initialize_config_dir
+
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return hydra_compose(config_name, overrides=[*base, *overrides], return_hydra_config=True)
+
+    return make
+
+
+def _run_outputs_in_repo() -> set[str]:
+    found = set()
+    for name in RUN_OUTPUTS:
+        top = REPO / name
+        if top.is_file():
+            found.add(name)
+        for root, _, files in os.walk(top):
+            found.update(str(Path(root, f).relative_to(REPO)) for f in files)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_written_into_the_repository():
+    """Every output of the suite goes under a tmp_path: a test that leaves a run's files in the
+    checkout (an MLflow store, ./mlruns artifacts, a Hydra run dir) fails the session here."""
+    before = _run_outputs_in_repo()
+    yield
+    new = sorted(_run_outputs_in_repo() - before)
+    if new:
+        pytest.fail(f"the tests wrote into the repository: {', '.join(new[:10])}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +99,7 @@ def smoke_sweep(tmp_path_factory):
     Returns (tracking uri, experiment name, working directory)."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
     work = tmp_path_factory.mktemp("smoke_sweep")
     uri = f"sqlite:///{work}/mlflow.db"
     env = {
@@ -50,7 +111,7 @@ def smoke_sweep(tmp_path_factory):
         "MLFLOW_TRACKING_URI": uri,
     }
     proc = subprocess.run(
-        ["bash", str(repo / "sweeps" / "methods.sh"), "logger.experiment_name=smoke"],
+        ["bash", str(REPO / "sweeps" / "methods.sh"), "logger.experiment_name=smoke"],
         cwd=work,
         env=env,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py: one E-GRPO iteration on the tiny model with Lightning DDP on 2
+"""Run by tests/training/test_distributed.py: one E-GRPO iteration on the tiny model with Lightning DDP on 2
 CPU processes (gloo), each rank writing the gradient of its first optimizer step (after the
 ranks' all-reduce, right before the step) to OUT/grad_rank<r>.safetensors. Lightning re-executes
 this script for rank 1.
@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from flowrl.config.compose import CONF_DIR
+from flowrl.config.compose import compose
 from flowrl.training.loop import train
 from flowrl.training.module import GRPOModule
 
@@ -50,16 +49,15 @@ def main(out: Path) -> None:
 
     GRPOModule.clip_gradients = recording_clip
     torch.set_num_threads(1)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *OVERRIDES,
-                f"paths.output_dir={out / 'run'}",
-                f"logger.tracking_uri=sqlite:///{out}/mlflow.db",
-                "logger.experiment_name=ddp",
-            ],
-        )
+    # a script of its own (no pytest fixture): flowrl's one composer, outputs and store under OUT
+    cfg = compose(
+        [
+            *OVERRIDES,
+            f"paths.output_dir={out / 'run'}",
+            f"logger.tracking_uri=sqlite:///{out}/mlflow.db",
+            "logger.experiment_name=ddp",
+        ]
+    )
     train(cfg)
 
 

@@ -1,5 +1,6 @@
-"""Rewards that fail on purpose, for tests/test_faults.py: selected on the command line with
-`reward._target_=fault_helpers.<Class>` (PYTHONPATH=tests), so that no fault hook lives in flowrl."""
+"""Rewards that fail on purpose, for tests/e2e/test_faults.py: selected on the command line with
+`reward._target_=tests.fault_helpers.<Class>` (the repository on PYTHONPATH, as pytest's
+pythonpath puts it in-process), so that no fault hook lives in flowrl."""
 
 from __future__ import annotations
 

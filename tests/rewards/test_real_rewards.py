@@ -441,20 +441,21 @@ def test_imagereward_wrong_files(ir_files, tmp_path, open_clip_ckpt):
 def test_missing_checkpoints_fail_fast_before_heavy_imports(tmp_path):
     nope = tmp_path / "nope"
     code = f"""
-import sys, time
+import importlib, sys, time
+import flowrl.rewards  # the package (torch, via RewardModel) outside the timed span
 from flowrl.config.errors import CheckpointNotFound
-from flowrl.rewards import build_reward
-cases = [
-    ("hps", dict(checkpoint={str(nope / "HPS_v2.1_compressed.pt")!r})),
-    ("clipscore", dict(checkpoint={str(nope / "open_clip_pytorch_model.bin")!r})),
-    ("pickscore", dict(checkpoint={str(nope / "PickScore_v1")!r})),
-    ("imagereward", dict(checkpoint={str(nope / "ImageReward.pt")!r}, tokenizer={str(nope)!r})),
-    ("hps", dict(checkpoint=None)),
+cases = [  # each class imported inside the timed span, as Hydra's instantiate of reward/<name>.yaml does
+    ("flowrl.rewards.hps:HPSReward", dict(checkpoint={str(nope / "HPS_v2.1_compressed.pt")!r})),
+    ("flowrl.rewards.clipscore:ClipScoreReward", dict(checkpoint={str(nope / "open_clip_pytorch_model.bin")!r})),
+    ("flowrl.rewards.pickscore:PickScoreReward", dict(checkpoint={str(nope / "PickScore_v1")!r})),
+    ("flowrl.rewards.imagereward:ImageRewardModel", dict(checkpoint={str(nope / "ImageReward.pt")!r}, tokenizer={str(nope)!r})),
+    ("flowrl.rewards.hps:HPSReward", dict(checkpoint=None)),
 ]
-for name, kwargs in cases:
+for target, kwargs in cases:
     t = time.perf_counter()
+    module, name = target.split(":")
     try:
-        build_reward(name, **kwargs)
+        getattr(importlib.import_module(module), name)(**kwargs)
     except CheckpointNotFound as e:
         print(f"{{time.perf_counter() - t:.3f}} {{e}}")
 print([m for m in ("open_clip", "transformers") if m in sys.modules])

@@ -1,9 +1,7 @@
 """Budgets in place of train.iterations: parsing, the stop rule, evaluations at budget fractions."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from flowrl.config.compose import CONF_DIR
 from flowrl.config.errors import UserFacingError
 from flowrl.training.budget import Budget
 
@@ -32,26 +30,18 @@ def test_max_iterations_from_the_plan_cost():
     assert Budget("wall_s", 60).max_iterations(cost) >= 10**6
 
 
-def _small(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                f"paths.output_dir={tmp_path}",
-                f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                "logger.experiment_name=budget",
-                "method=dancegrpo",
-                "method.num_steps=4",
-                "method.group_size=2",
-                "method.gradient_accumulation_steps=2",
-                "train.prompts_per_step=2",
-                "train.iterations=1",  # ignored: the budget sets the length
-                "val.samples_per_prompt=1",
-                "val.num_steps=2",
-                "trainer.val_check_interval=1",  # ignored too: evaluations follow the budget
-                *overrides,
-            ],
-        )
+SMALL = [
+    "logger.experiment_name=budget",
+    "method=dancegrpo",
+    "method.num_steps=4",
+    "method.group_size=2",
+    "method.gradient_accumulation_steps=2",
+    "train.prompts_per_step=2",
+    "train.iterations=1",  # ignored: the budget sets the length
+    "val.samples_per_prompt=1",
+    "val.num_steps=2",
+    "trainer.val_check_interval=1",  # ignored too: evaluations follow the budget
+]
 
 
 def _history(tmp_path, key):
@@ -63,13 +53,13 @@ def _history(tmp_path, key):
 
 
 @pytest.mark.slow
-def test_nfe_budget_stops_at_the_budget_and_evaluates_at_its_fractions(tmp_path):
+def test_nfe_budget_stops_at_the_budget_and_evaluates_at_its_fractions(make_cfg, tmp_path):
     from flowrl.training.loop import train
 
     # DanceGRPO at T 4, G 2, 2 prompts: 16 NFE per iteration. A budget of 100 NFE stops after
     # iteration 7 (112 >= 100; 96 < 100), at most one iteration over. Evaluations at 25 / 50 /
     # 75% fall after the iterations that first reach 25, 50, 75 NFE: 2 (32), 4 (64), 5 (80).
-    train(_small(tmp_path, "budget.nfe=100"))
+    train(make_cfg(*SMALL, "budget.nfe=100"))
     run, nfe = _history(tmp_path, "perf/nfe_total")
     assert run.info.status == "FINISHED"
     assert nfe[-1] == (7, 112.0) and [s for s, _ in nfe] == list(range(1, 8))
@@ -81,12 +71,12 @@ def test_nfe_budget_stops_at_the_budget_and_evaluates_at_its_fractions(tmp_path)
 
 
 @pytest.mark.slow
-def test_wall_budget_stops_after_the_iteration_that_spends_it(tmp_path):
+def test_wall_budget_stops_after_the_iteration_that_spends_it(make_cfg, tmp_path):
     from flowrl.training.loop import train
 
     # 4 s of training iterations: the run stops after the first iteration whose cumulative wall
     # reaches 4 s, and the final evaluation is not repeated (Lightning's stop-validation is it).
-    train(_small(tmp_path, "budget.wall_s=4"))
+    train(make_cfg(*SMALL, "budget.wall_s=4"))
     _, wall = _history(tmp_path, "perf/wall_total")
     assert wall[-1][1] >= 4.0 and (len(wall) == 1 or wall[-2][1] < 4.0)
     steps = [s for s, _ in _history(tmp_path, "val/reward/shapes")[1]]

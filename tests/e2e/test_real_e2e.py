@@ -6,11 +6,9 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from test_real_models import HW, MSL, build_flux, build_sd3
-from test_real_rewards import TINY_OPEN_CLIP
 
-from flowrl.config.compose import CONF_DIR
+from tests.models.test_real_models import HW, MSL, build_flux, build_sd3
+from tests.rewards.test_real_rewards import TINY_OPEN_CLIP
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +33,7 @@ def hps_ckpt(tmp_path_factory):
         ("sd35_medium", build_sd3, ["method=densegrpo", "method.calibration.iterations=1", "method.calibration.num_samples=2"]),
     ],
 )
-def test_two_iterations_on_real_format_checkpoints(tmp_path, hps_ckpt, model, builder, method):
+def test_two_iterations_on_real_format_checkpoints(make_cfg, tmp_path, hps_ckpt, model, builder, method):
     import mlflow
 
     from flowrl.training.loop import train
@@ -43,9 +41,7 @@ def test_two_iterations_on_real_format_checkpoints(tmp_path, hps_ckpt, model, bu
     path = builder(tmp_path / model)
     arch, ckpt = hps_ckpt
     overrides = [
-        f"paths.output_dir={tmp_path / 'run'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
-        f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         "logger.experiment_name=real-e2e",
         f"model={model}",
         f"model.path={path}",
@@ -70,9 +66,7 @@ def test_two_iterations_on_real_format_checkpoints(tmp_path, hps_ckpt, model, bu
         "val.num_steps=4",
         "trainer.val_check_interval=1",
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    summary = train(cfg)
+    summary = train(make_cfg(*overrides, output_dir=tmp_path / "run"))
     assert {"after/val/reward/tiny_clip", "after/val/reward/jpeg"} <= set(summary)
     assert (tmp_path / "run" / "final_model" / "pytorch_lora_weights.safetensors").is_file()
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

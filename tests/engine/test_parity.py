@@ -7,7 +7,7 @@ the SAME rollout (so only advantages + update are compared):
       formula, its loops (per sample / per timestep / per branch point / per minibatch), its
       loss normalisation and where it calls optimizer.step(). It re-evaluates log-probs itself
       from the rollout's stored states, calling the model ONE SAMPLE AT A TIME and using the step
-      math of flowrl.sampling (tested on its own in test_sampling.py).
+      math of flowrl.sampling (tested on its own in tests/sampling/test_sampling.py).
 Asserted: equal advantages, equal optimizer-step counts, and equal weight updates.
 
 Why SGD and not the scripts' AdamW: Adam's first step is lr * g / (|g| + eps) elementwise, i.e.
@@ -40,9 +40,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
-from flowrl.config.compose import CONF_DIR
 
 SEED = 0
 # Every official script clips the gradient norm at 1.0 (DanceGRPO finetune_flux_grpo.sh, flow_grpo
@@ -78,10 +75,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _compose_method(method: str, overrides=()):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+@pytest.fixture
+def method_cfg(make_cfg):
+    """conf/method/<method>.yaml with overrides of its own keys ("num_steps=5"; "+key=..." adds one)."""
+
+    def compose_method(method: str, overrides=()):
         extra = [f"+method.{o[1:]}" if o.startswith("+") else f"method.{o}" for o in overrides]
-        return compose("train", overrides=[f"method={method}", *extra]).method
+        return make_cfg(f"method={method}", *extra).method
+
+    return compose_method
 
 
 def _scheduler(mcfg):
@@ -145,12 +147,12 @@ class Iteration:
     """One flowrl iteration (a): plan, rollout, advantages, policy_update on a copy of the model.
     Keeps the rollout, the initial weights and the untouched model for the reference loop (b)."""
 
-    def __init__(self, method, overrides, prompts, reward="bright", weights=None, iteration=0, ref_model=None):
+    def __init__(self, cfg, prompts, reward="bright", weights=None, iteration=0, ref_model=None):
         from flowrl.contract import RewardScores
         from flowrl.engine.rollout import jump_log_prob, rollout
         from flowrl.engine.update import LossConfig, policy_update
 
-        self.cfg = _compose_method(method, overrides)
+        self.cfg = cfg  # the method config (method_cfg)
         self.sched = _scheduler(self.cfg)
         self.prompts = list(prompts)
         self.model = _tiny_model()
@@ -297,11 +299,13 @@ def _dance_reference(it: Iteration, accum_divisor: int | None = None):
     return adv, model, steps, norms
 
 
-def test_dancegrpo_parity():
+def test_dancegrpo_parity(method_cfg):
     # T 5: per sample a random int(4 * 0.6) = 2 of the first 4 steps; 2 prompts (= 2 emulated GPUs,
     # one prompt each as finetune_flux_grpo.sh) x G 4, a step every 2 samples of each GPU -> 2
     # optimizer steps (the script's 12 / 4 = 3 at its scale), each over 2 x 2 samples.
-    it = Iteration("dancegrpo", ["num_steps=5", "group_size=4", "gradient_accumulation_steps=2"], PROMPTS, reward="bright")
+    it = Iteration(
+        method_cfg("dancegrpo", ["num_steps=5", "group_size=4", "gradient_accumulation_steps=2"]), PROMPTS, reward="bright"
+    )
     adv, ref, steps, norms = _dance_reference(it)
     flow_adv = _adv_sde(it)
     torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=1e-6, atol=1e-6)
@@ -309,10 +313,12 @@ def test_dancegrpo_parity():
     assert it.check_update(ref, steps, norms) <= 1
 
 
-def test_dancegrpo_wrong_normalisation_is_caught():
+def test_dancegrpo_wrong_normalisation_is_caught(method_cfg):
     # Negative control: the same reference with the loss divided by train_timesteps only (no
     # / gradient_accumulation_steps) scales every SGD step by 2; the comparison must fail.
-    it = Iteration("dancegrpo", ["num_steps=5", "group_size=4", "gradient_accumulation_steps=2"], PROMPTS, reward="bright")
+    it = Iteration(
+        method_cfg("dancegrpo", ["num_steps=5", "group_size=4", "gradient_accumulation_steps=2"]), PROMPTS, reward="bright"
+    )
     _, ref, steps, norms = _dance_reference(it, accum_divisor=1)
     assert _update_error(it.w0, it.policy, ref, steps) > 100
 
@@ -364,7 +370,7 @@ def _flow_grpo_update(it: Iteration, adv: torch.Tensor, trained: list[int], mini
     return model, n_steps, norms
 
 
-def test_flowgrpo_parity():
+def test_flowgrpo_parity(method_cfg):
     from flowrl.sampling import sde_step
 
     # T 4: the first int(4 * 0.99) = 3 steps, in order. Prompts [A, B, A, C] x G 2 = 8 samples:
@@ -375,7 +381,9 @@ def test_flowgrpo_parity():
     # The rewards are distinct, so flow_grpo's filter of all-zero-advantage samples (L797-817)
     # does not act; flowrl has no such filter (it keeps such samples in the step's mean).
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], "a blue triangle on a red background"]
-    it = Iteration("flowgrpo", ["num_steps=4", "group_size=2"], prompts, reward="bright", ref_model=_tiny_model(SEED + 1))
+    it = Iteration(
+        method_cfg("flowgrpo", ["num_steps=4", "group_size=2"]), prompts, reward="bright", ref_model=_tiny_model(SEED + 1)
+    )
     cfg, a = it.cfg, it.cfg.noise_level
     trained = list(range(int(cfg.num_steps * cfg.timestep_fraction)))
     assert it.plan.trained_step_indices() == trained and cfg.kl_beta > 0
@@ -407,7 +415,7 @@ def test_flowgrpo_parity():
     assert _update_error(it.w0, it.policy, wrong, steps) > 100
 
 
-def test_densegrpo_parity():
+def test_densegrpo_parity(method_cfg):
     from flowrl.sampling import sde_step
 
     # T 4, G 3, 2 prompts; dense rewards from the ODE completion of every intermediate latent; a
@@ -416,8 +424,9 @@ def test_densegrpo_parity():
     # (the paper's gradient accumulation over all 8 batches), here 3 minibatches of 2.
     psi = [1.2, 0.9, 0.6, 0.3]
     it = Iteration(
-        "densegrpo",
-        ["num_steps=4", "group_size=3", "+step_scheduler.noise_levels=[" + ",".join(map(str, psi)) + "]"],
+        method_cfg(
+            "densegrpo", ["num_steps=4", "group_size=3", "+step_scheduler.noise_levels=[" + ",".join(map(str, psi)) + "]"]
+        ),
         PROMPTS,
         reward="bright",
         ref_model=_tiny_model(SEED + 1),
@@ -501,13 +510,15 @@ def _branch_reference(it: Iteration, adv: torch.Tensor):
     return model, steps, norms
 
 
-def test_egrpo_parity():
+def test_egrpo_parity(method_cfg):
     # T 5, the first 3 steps branch, tau 2.6 -> merge lengths [1, 1, 2]: the last branch is one
     # merged SDE jump sigma_2 -> sigma_4 (std at sigma_2, dt over both steps). Granularities [1, 2]
     # summed (config.yaml). Multi-reward as the official code: the raw sum 0.7 HPS + 0.3 CLIP
     # (reward_manager.py L174-196) normalised once (multi_reward combined).
     weights = {"bright": 0.7, "red": 0.3}
-    it = Iteration("egrpo", ["num_steps=5", "group_size=3", "num_branch_steps=3", "tau=2.6"], PROMPTS, weights=weights)
+    it = Iteration(
+        method_cfg("egrpo", ["num_steps=5", "group_size=3", "num_branch_steps=3", "tau=2.6"]), PROMPTS, weights=weights
+    )
     assert [(j.start, j.stop) for j in it.plan.jumps] == [(0, 1), (1, 2), (2, 4)]
     assert list(it.cfg.granularities) == [1, 2]
     raw = 0.7 * it.ro.parts["bright"] + 0.3 * it.ro.parts["red"]  # [P, G, B, C]
@@ -518,13 +529,12 @@ def test_egrpo_parity():
     assert it.check_update(ref, steps, norms) <= 1
 
 
-def test_g2rpo_parity():
+def test_g2rpo_parity(method_cfg):
     # T 4, SDE steps e = 0, 1, granularities [1, 2] (finetune_g2rpo_hps.sh). Two rewards as
     # train_g2rpo_hps_clip.py: each z-scored per granularity and summed (MGAI), then HPS advantages
     # + CLIP advantages UNWEIGHTED (multi_reward sum_advantages), clamped after the sum.
     it = Iteration(
-        "g2rpo",
-        ["num_steps=4", "group_size=3", "num_branch_steps=2"],
+        method_cfg("g2rpo", ["num_steps=4", "group_size=3", "num_branch_steps=2"]),
         PROMPTS,
         weights={"bright": 0.5, "red": 0.5},  # the weights must not matter here
     )
@@ -538,7 +548,7 @@ def test_g2rpo_parity():
 
 
 # ---- MixGRPO -------------------------------------------------------------------------------------
-def test_mixgrpo_parity():
+def test_mixgrpo_parity(method_cfg):
     from flowrl.sampling import sde_step
 
     # T 6 -> max_timesteps T - 2 = 4, window 2, the window moves every iteration (iters_per_group
@@ -548,8 +558,9 @@ def test_mixgrpo_parity():
     # normalises its weights to sum 1, L765-767, as flowrl does: tested below).
     weights = {"bright": 2 / 3, "red": 1 / 3}
     it = Iteration(
-        "mixgrpo",
-        ["num_steps=6", "group_size=6", "window_size=2", "iters_per_group=1", "gradient_accumulation_steps=2"],
+        method_cfg(
+            "mixgrpo", ["num_steps=6", "group_size=6", "window_size=2", "iters_per_group=1", "gradient_accumulation_steps=2"]
+        ),
         PROMPTS[:1],
         weights=weights,
         iteration=1,

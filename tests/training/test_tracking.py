@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from flowrl.config.compose import CONF_DIR
 from flowrl.training.tracking import flatten_config, git_commit, git_dirty, resolve_tracking_uri, run_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_tracking_uri_precedence(monkeypatch):
@@ -260,7 +260,15 @@ def test_run_tags_read_the_sweep_knobs_from_the_config():
             "sweep": "tau",
             "budget": {"nfe": None, "reward_queries": None, "wall_s": None},
             "train": {"iterations": 30},
-            "method": {"name": "egrpo", "tau": 2.2, "group_size": 12, "clip_eps": 1e-4, "g": "${.group_size}"},
+            "method": {
+                "name": "egrpo",
+                "tau": 2.2,
+                "group_size": 12,
+                "clip_eps": 1e-4,
+                "g": "${.group_size}",
+                # the method's own tags are the knobs its step scheduler class declares (sweep_knobs)
+                "step_scheduler": {"_target_": "flowrl.step_schedulers.entropy_merge.EntropyMergeStepScheduler"},
+            },
         }
     )
     assert run_tags(cfg) == {

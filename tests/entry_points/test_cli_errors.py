@@ -12,7 +12,10 @@ import pytest
 @pytest.mark.parametrize(
     "overrides, expect",
     [
-        (["method=egrpo", "reward=hps", "model=flux_dev"], "FLUX.1-dev"),  # the model's files are checked first (flowrl.config.schema)
+        (
+            ["method=egrpo", "reward=hps", "model=flux_dev"],
+            "FLUX.1-dev",
+        ),  # the model's files are checked first (flowrl.config.schema)
         (["method=egrpo", "model=flux_dev"], "FLUX.1-dev"),
         (["method=egrpo", "model=sd35_medium"], "stable-diffusion-3.5-medium"),
         (["method=egrpo", "reward=hps"], "HPS"),

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from flowrl.data.shapes import COLORS, ShapeSpec, all_specs, render_batch
-from flowrl.rewards import REGISTRY, build_reward, reward_class
 from flowrl.rewards.jpeg import JpegCompressibilityReward
 from flowrl.rewards.multi import MultiReward, batch_zscore
 from flowrl.rewards.shapes import ShapesReward
@@ -87,11 +86,3 @@ def test_multi_validation_and_constant_batch():
         MultiReward({"a": _Const([1.0])}, {"b": 1.0})
     with pytest.raises(ValueError, match="normalize"):
         MultiReward({"a": _Const([1.0])}, {"a": 1.0}, normalize="rank")
-
-
-def test_registry():
-    assert set(REGISTRY) >= {"shapes", "tiny_clip", "jpeg", "multi"}
-    assert reward_class("shapes") is ShapesReward
-    assert isinstance(build_reward("jpeg", quality=90), JpegCompressibilityReward)
-    with pytest.raises(KeyError, match="unknown reward 'hpsv9'"):
-        reward_class("hpsv9")

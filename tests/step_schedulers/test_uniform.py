@@ -1,13 +1,13 @@
-"""The per-iteration plan contract (step_schedulers/base.py) and the `uniform` scheduler
-(DanceGRPO / Flow-GRPO), worked by hand. Where a behaviour comes from an official script, the
-test names it."""
+"""The `uniform` step scheduler (DanceGRPO / Flow-GRPO), worked by hand: its advantages, trained
+steps, update schedule and budget; the shared strided completions. Where a behaviour comes from an
+official script, the test names it. (The plan contract itself: tests/contract/.)"""
 
 import json
 
 import pytest
 import torch
 
-from flowrl.contract import Jump, StepPlan, StepSettings, UpdateSchedule, group_normalize
+from flowrl.contract import StepSettings
 from flowrl.step_schedulers._common import strided_completion
 from flowrl.step_schedulers.uniform import UniformStepScheduler
 
@@ -39,28 +39,6 @@ def _dancegrpo(**kw):
 
 
 # ---- group statistics (issue item 2c) ---------------------------------------------------------
-
-
-def test_group_normalize_unbiased_hand_worked():
-    # DanceGRPO / E-GRPO / G²RPO: torch's default unbiased std + 1e-8 (train_grpo_flux.py,
-    # rollout_buffer.py, train_g2rpo_hps.py). r = [1, 2, 3, 6]: mean 3, sample var 14 / 3,
-    # std 2.160247 -> [-0.92582, -0.46291, 0, 1.38873].
-    adv = group_normalize(torch.tensor([[1.0, 2.0, 3.0, 6.0]]))
-    torch.testing.assert_close(adv, torch.tensor([[-0.92582, -0.46291, 0.0, 1.38873]]), atol=1e-5, rtol=0)
-
-
-def test_group_normalize_population_hand_worked():
-    # Flow-GRPO's stat tracker (numpy std, ddof 0): population var 14 / 4 = 3.5, std 1.870829,
-    # + 1e-4 -> [-1.06904, -0.53452, 0, 1.60356] (to 1e-4 relative).
-    adv = group_normalize(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), unbiased=False, eps=1e-4)
-    expected = torch.tensor([[-2.0, -1.0, 0.0, 3.0]]) / (1.8708287 + 1e-4)
-    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
-
-
-def test_identical_rewards_give_zero_advantage_not_nan():
-    # Peers' known failure: a group with identical rewards (e.g. identical noise) -> 0/0.
-    for unbiased in (True, False):
-        assert torch.equal(group_normalize(torch.full((2, 5), 0.7), unbiased=unbiased), torch.zeros(2, 5))
 
 
 def test_flowgrpo_per_prompt_mean_global_std():
@@ -162,24 +140,6 @@ def test_flowgrpo_trains_the_first_9_of_10_in_order_in_two_optimizer_steps():
     assert all([b.jump for b in step] == list(range(9)) for step in steps)
 
 
-def test_update_schedule_per_jump_and_validation():
-    # E-GRPO / G²RPO (grpo_trainer.py, train_g2rpo_hps.py): one optimizer step per trained jump
-    jumps = tuple(Jump(i, i + 1) for i in range(4))
-    plan = StepPlan("x", (1.0, 0.75, 0.5, 0.25, 0.0), 2, "sde", jumps, UpdateSchedule(trained=(0, 2), step_every="jump"), False)
-    steps = plan.optimizer_steps(num_prompts=3)
-    assert [[b.jump for b in s] for s in steps] == [[0], [2]] and steps[0][0].rows.tolist() == list(range(6))
-    first = plan.first_step_rows(3)
-    assert list(first) == [0] and torch.equal(first[0], steps[0][0].rows)
-    with pytest.raises(ValueError, match="exactly one of"):
-        UpdateSchedule()
-    with pytest.raises(ValueError, match="step_every"):
-        UpdateSchedule(trained=(0,), step_every="epoch")
-    with pytest.raises(ValueError, match="samples_per_step"):
-        UpdateSchedule(trained=(0,), step_every="samples")
-    with pytest.raises(ValueError, match="index the plan"):
-        StepPlan("x", (1.0, 0.5, 0.0), 2, "sde", jumps[:2], UpdateSchedule(trained=(3,)), False)
-
-
 def test_plan_is_frozen_and_carries_each_jumps_step_settings():
     plan = _flowgrpo(num_steps=4).plan(0)
     with pytest.raises(AttributeError):
@@ -201,22 +161,6 @@ def test_uniform_plan_budget_dancegrpo_defaults():
         "trained_steps_per_prompt": 108,
     }
     assert [(j.start, j.stop) for j in plan.jumps] == [(i, i + 1) for i in range(16)]
-
-
-def test_step_settings_dispatch_and_validation():
-    from flowrl.sampling import dance_sde_step, ode_step, sde_step
-
-    x, v, noise = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
-    torch.testing.assert_close(
-        StepSettings("dance", 0.3)(x, v, 0.5, 0.4, noise=noise).mean, dance_sde_step(x, v, 0.5, 0.4, eta=0.3).mean
-    )
-    cps = StepSettings("cps", 0.7, log_prob="mse")(x, v, 0.5, 0.4, noise=noise)
-    torch.testing.assert_close(cps.mean, sde_step(x, v, 0.5, 0.4, 0.7, sde_type="cps").mean)
-    assert torch.equal(StepSettings("ode")(x, v, 0.5, 0.4).prev_sample, ode_step(x, v, 0.5, 0.4))
-    with pytest.raises(ValueError, match="step kind"):
-        StepSettings("euler")
-    with pytest.raises(ValueError, match="std_dev_t goes with kind 'sde'"):
-        StepSettings("dance", 0.3, std_dev_t=0.5)
 
 
 def test_strided_completion_hand_worked():

@@ -2,7 +2,7 @@
 
 Every expected value is worked out by hand (arithmetic in the comments) or computed with a
 different algebraic form than the code under test, never by calling it with its own formula.
-Conventions (DESIGN.md "Shared math"): x_t = (1 - sigma) x_0 + sigma eps, v = eps - x_0,
+Conventions (the papers' shared math): x_t = (1 - sigma) x_0 + sigma eps, v = eps - x_0,
 sigma goes from 1 (noise) down to 0 (data), dt = sigma_next - sigma < 0.
 """
 
@@ -214,7 +214,7 @@ def test_bf16_log_prob_is_fp32_with_batch_shape():
 
 def test_bf16_replay_of_prev_sample_reproduces_log_prob():
     # A bf16 policy stores out.prev_sample (bf16) and re-evaluates it in the training pass.
-    # Before any update the ratio exp(logp_new - logp_old) must be 1 (DESIGN.md), far inside the
+    # Before any update the ratio exp(logp_new - logp_old) must be 1 (a known bug class in peers), far inside the
     # papers' clip range 1 +- 1e-4. Both log-probs must therefore describe the same sample.
     x, v = randn(4, 4, 8, 8, seed=1, dtype=torch.bfloat16), randn(4, 4, 8, 8, seed=2, dtype=torch.bfloat16)
     sigmas = flow_sigmas(16, 3.0)

@@ -60,8 +60,10 @@ def test_plan_iteration_flag(capsys):
     assert json.loads(capsys.readouterr().out)["iteration"] == 3
     import pytest
 
-    with pytest.raises(SystemExit, match="--iteration"):
-        main(["--iteration", "x", "method=egrpo"])
+    for bad in (["--iteration", "x", "method=egrpo"], ["--iteration", "-1"]):  # argparse: usage + one line, exit 2
+        with pytest.raises(SystemExit) as exit_:
+            main(bad)
+        assert exit_.value.code == 2 and "--iteration" in capsys.readouterr().err
 
 
 def test_plan_cli_is_fast():

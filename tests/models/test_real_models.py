@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowrl.config.compose import CONF_DIR
 from flowrl.config.errors import CheckpointNotFound
 from flowrl.sampling.ode import generate
 
@@ -447,20 +446,17 @@ def test_bf16_weights_return_the_latent_dtype(flux_dir, flux):
 
 # --- Hydra configs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,config", [("flux", "flux_dev"), ("sd3", "sd35_medium")])
-def test_hydra_config_instantiates(kind, config, request, tmp_path):
-    from hydra import compose, initialize_config_dir
+def test_hydra_config_instantiates(make_cfg, kind, config, request, tmp_path):
     from hydra.utils import instantiate
 
     from flowrl.models.flux import FluxModel
     from flowrl.models.sd3 import SD3Model
 
-    conf = Path(CONF_DIR)
     path = request.getfixturevalue(f"{kind}_dir")
     overrides = [f"model={config}", f"model.path={path}", "model.device=cpu", "model.dtype=float32"]
     overrides += [f"model.height={HW}", f"model.width={HW}", f"model.max_sequence_length={MSL}", "model.lora.rank=2"]
-    overrides += [f"paths.cache_dir={tmp_path}", "paths.output_dir=/tmp/flowrl-test"]
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    overrides += [f"paths.cache_dir={tmp_path}"]
+    cfg = make_cfg(*overrides)
     assert cfg.train.lr_scale == 1.0 and cfg.train.max_batch > 0
     model = instantiate(cfg.model)
     assert isinstance(model, FluxModel if kind == "flux" else SD3Model) and model.has_adapter
@@ -468,14 +464,11 @@ def test_hydra_config_instantiates(kind, config, request, tmp_path):
     assert list(tmp_path.rglob("*.safetensors"))  # cache_dir defaults under paths.cache_dir
 
 
-def test_hydra_config_missing_path_names_the_directory(tmp_path, monkeypatch):
-    from hydra import compose, initialize_config_dir
+def test_hydra_config_missing_path_names_the_directory(make_cfg, tmp_path, monkeypatch):
     from hydra.utils import instantiate
 
     monkeypatch.setenv("FLOWRL_MODELS", str(tmp_path))
-    conf = Path(CONF_DIR)
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=["model=flux_dev", "paths.output_dir=/tmp/flowrl-test"])
+    cfg = make_cfg("model=flux_dev")
     with pytest.raises(Exception, match="FLUX.1-dev checkpoint not found") as info:
         instantiate(cfg.model)
     assert str(tmp_path / "FLUX.1-dev") in str(info.value)

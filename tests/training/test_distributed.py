@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from flowrl.config.compose import CONF_DIR
-
-HERE = Path(__file__).parent
+# run as a script (Lightning re-executes it for rank 1); its overrides are imported from it
+DDP_CHECK = Path(__file__).resolve().parents[1] / "ddp_check.py"
 
 
 def _merge(rollouts):
@@ -53,18 +51,14 @@ def _merge(rollouts):
 
 
 @pytest.mark.slow
-def test_ddp_gradient_equals_a_single_process_over_both_ranks_prompts(tmp_path):
+def test_ddp_gradient_equals_a_single_process_over_both_ranks_prompts(make_cfg, tmp_path):
     from safetensors.torch import load_file
 
     from flowrl.engine.update import policy_update
     from flowrl.training.build import PromptBatches, build_module
+    from tests.ddp_check import OVERRIDES
 
-    sys.path.insert(0, str(HERE))
-    from ddp_check import OVERRIDES
-
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "ddp_check.py"), str(tmp_path)], capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, str(DDP_CHECK), str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     g0, g1 = load_file(str(tmp_path / "grad_rank0.safetensors")), load_file(str(tmp_path / "grad_rank1.safetensors"))
     assert g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)  # DDP: the same gradient on both ranks
@@ -76,8 +70,7 @@ def test_ddp_gradient_equals_a_single_process_over_both_ranks_prompts(tmp_path):
     # mean over the union's terms). DDP averaged the two ranks' means: equal term counts, so equal.
     torch.set_num_threads(1)
     single = [o for o in OVERRIDES if not o.startswith("trainer")]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[*single, f"paths.output_dir={tmp_path / 'single'}"])
+    cfg = make_cfg(*single, output_dir=tmp_path / "single")
     module, data = build_module(cfg)
     rollouts, advantages = [], []
     for rank in (0, 1):

@@ -12,7 +12,7 @@ import pytest
 
 from flowrl.config.compose import CONF_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = Path(CONF_DIR)
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.sh") if not p.name.startswith("_"))
 SMOKE_KEYS = {"train.prompts_per_step", "method.group_size", "method.num_steps", "val.samples_per_prompt", "val.num_steps"}
@@ -56,7 +56,8 @@ def test_sweep_command(name):
     smoke = _command(name, SMOKE="1")
     assert _last(smoke, "train.iterations") == "1" and _last(smoke, "seed") == "0"
     assert _last(smoke, "budget.nfe") == "null"  # no budget, also where a preset sets one
-    assert _last(smoke, "method.num_steps") == "4" and _last(smoke, "val.samples_per_prompt") == "1"
+    # the method shrunk by its own step scheduler (smoke=true: its small_overrides, flowrl.config.compose)
+    assert _last(smoke, "smoke") == "true" and _last(smoke, "val.samples_per_prompt") == "1"
     swept = {_key(o) for o in argv}
     for o in smoke:
         if _key(o) in swept and _key(o) not in ("train.iterations", "budget.nfe", "seed"):  # the length, the seeds
@@ -103,27 +104,22 @@ def _points(argv):
 
 @pytest.mark.parametrize("name", SWEEPS)
 @pytest.mark.parametrize("smoke", ["0", "1"])
-def test_every_sweep_point_composes(name, smoke):
-    from hydra import compose, initialize_config_dir
+def test_every_sweep_point_composes(make_cfg, name, smoke):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     points = _points(_command(name, SMOKE=smoke, SEEDS="0"))
     assert len(points) >= 2
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for overrides in points:
-            cfg = compose("train", overrides=[*overrides, "paths.output_dir=/tmp/flowrl-test"])
-            OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-            assert cfg.sweep == name
-            if smoke == "1":  # the smoke sizes fit every method's own checks (window, steps per update)
-                instantiate(cfg.method.step_scheduler)
+    for overrides in points:
+        cfg = make_cfg(*overrides)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        assert cfg.sweep == name
+        if smoke == "1":  # the smoke sizes fit every method's own checks (window, steps per update)
+            instantiate(cfg.method.step_scheduler)
 
 
-def test_slurm_launcher_config():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+def test_slurm_launcher_config(make_cfg):
+    cfg = make_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 240

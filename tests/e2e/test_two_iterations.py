@@ -1,0 +1,93 @@
+"""A 2-iteration end-to-end run of each method on the tiny model, with MLflow tracking (slow):
+what it logs, its evaluations, its artifacts, and the optimizer steps its official script takes."""
+
+import pytest
+
+from flowrl.config.compose import config_options
+
+SMALL = [
+    "train.iterations=2",
+    "train.prompts_per_step=2",
+    "method.group_size=3",
+    "method.num_steps=4",
+    "val.samples_per_prompt=1",
+    "val.num_steps=4",
+    "trainer.val_check_interval=1",
+]
+
+# Per method: its overrides at the small size above (2 prompts x G 3, T 4 unless given) and the
+# optimizer steps one iteration takes there, worked by hand from the method's config and the
+# official script its yaml comments name (not read off the plan: the run logs exactly the plan's
+# count, so comparing with the plan would prove nothing).
+RUNS = {
+    # train_grpo_flux.py, one prompt per GPU (prompts_per_rank 1, so 2 emulated GPUs): each GPU
+    # steps after every gradient_accumulation_steps of its G samples, the GPUs together: with 2,
+    # after its samples {0, 1} and {2} -> ceil(3 / 2) = 2 (finetune_flux_grpo.sh: 12 / 4 = 3).
+    "dancegrpo": (["method.gradient_accumulation_steps=2"], 2),
+    # the paper's gradient accumulation over all the batches of a rollout:
+    # optimizer_steps_per_rollout 1 -> 1. One calibration round of 2 samples before training.
+    "densegrpo": (["method.calibration.iterations=1", "method.calibration.num_samples=2"], 1),
+    # VisualGRPO grpo_trainer.py: one step per branch point -> num_branch_steps 2.
+    "egrpo": (["method.num_branch_steps=2"], 2),
+    # flow_grpo config/grpo.py: gradient_accumulation_steps = num_batches_per_epoch // 2 ->
+    # optimizer_steps_per_rollout 2, whatever the number of samples.
+    "flowgrpo": ([], 2),
+    # train_g2rpo_hps.py: one step per SDE step e -> num_branch_steps 2.
+    "g2rpo": (["method.num_branch_steps=2", "method.granularities=[1,2]"], 2),
+    # MixGRPO train_grpo_flux.py, one prompt per GPU (train_batch_size 1): a step every
+    # gradient_accumulation_steps samples; with 1, every sample of each GPU: G 3 -> 3
+    # (finetune_flux_grpo_MixGRPO.sh: 12 / 3 = 4). T 6, window 2 moving every iteration.
+    "mixgrpo": (
+        ["method.num_steps=6", "method.window_size=2", "method.iters_per_group=1", "method.gradient_accumulation_steps=1"],
+        3,
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", config_options("method"))
+def test_two_iterations_end_to_end(make_cfg, tmp_path, method):
+    import mlflow
+
+    from flowrl.training.loop import train
+
+    assert method in RUNS, "a new method: give its small run and work its optimizer steps by hand in RUNS"
+    overrides, optimizer_steps = RUNS[method]
+    summary = train(make_cfg(*SMALL, f"method={method}", "logger.experiment_name=e2e", *overrides))
+    assert {"before/val/reward/shapes", "after/val/reward/shapes", "after/val/reward/tiny_clip"} <= set(summary)
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
+    assert run.info.status == "FINISHED" and method in run.info.run_name
+    m = run.data.metrics
+    for key in (
+        "train/loss",
+        "train/clip_frac",
+        "train/approx_kl",
+        "train/ratio_mean",
+        "train/reward/tiny_clip",
+        "val/reward/shapes",
+        "perf/nfe",
+        "perf/nfe_total",
+        "perf/optimizer_steps",
+    ):
+        assert key in m, key
+    # every iteration took the optimizer steps of the method's official script (RUNS)
+    steps = client.get_metric_history(run.info.run_id, "perf/optimizer_steps")
+    assert sorted((h.step, h.value) for h in steps) == [(1, optimizer_steps), (2, optimizer_steps)]
+    assert m["train/first_step_ratio_mean"] == 1.0  # first trained step of the last iteration
+    # Held-out rewards are logged at the number of iterations completed: before training (0) and
+    # after iterations 1 and 2 (val_check_interval 1; the last one is also the final evaluation,
+    # not repeated), each with the NFE spent so far as val/nfe_total (the x-axis methods share).
+    history = client.get_metric_history(run.info.run_id, "val/reward/shapes")
+    assert sorted(h.step for h in history) == [0, 1, 2]
+    nfe = sorted((h.step, h.value) for h in client.get_metric_history(run.info.run_id, "val/nfe_total"))
+    # Before training the x-axis holds what was already spent: nothing, except DenseGRPO's
+    # calibration (Alg. 1), which counts toward its budget: 1 round x 2 single-sample rollouts,
+    # each T 4 SDE steps + the ODE completions of x_0..x_3 (4 + 3 + 2 + 1) = 14 NFE -> 28.
+    spent_before = 1 * 2 * (4 + 4 + 3 + 2 + 1) if method == "densegrpo" else 0.0
+    assert nfe[0] == (0, spent_before) and nfe[-1][1] == m["perf/nfe_total"] > spent_before
+    assert run.data.params["method.name"] == method
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "images", "final_model"} <= artifacts
+    if method == "densegrpo":  # the calibration phase ran and its noise-level table is an artifact
+        assert "calibration.json" in artifacts
