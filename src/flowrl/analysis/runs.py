@@ -181,15 +181,20 @@ def run_values(client, finished, metric: str):
     return out, curves, x_is_nfe, val_keys
 
 
-def log_summary_run(client, experiment_id: str, files, metric: str, keys: list[str], n_finished: int, n_left_out: int) -> str:
+def log_summary_run(
+    client, experiment_id: str, files, metric: str, keys: list[str], n_finished: int, n_left_out: int, params=None
+) -> str:
     """A FINISHED run named "compare" (tag flowrl.summary=true, left out of later comparisons)
-    holding the table and the plots as artifacts."""
+    holding the table, the plots (and paired.csv) as artifacts; `params` ({name: value}, e.g. the
+    paired comparison's baseline) logged besides the metric, keys and counts."""
     run = client.create_run(experiment_id, run_name=SUMMARY_RUN_NAME, tags={SUMMARY_TAG: "true"})
     rid = run.info.run_id
     client.log_param(rid, "metric", metric)
     client.log_param(rid, "by", ",".join(keys) or "-")
     client.log_param(rid, "runs_compared", n_finished)
     client.log_param(rid, "runs_left_out", n_left_out)
+    for name, value in (params or {}).items():
+        client.log_param(rid, name, value)
     for path in files:
         client.log_artifact(rid, str(path))
     client.set_terminated(rid, "FINISHED")

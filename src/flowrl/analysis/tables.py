@@ -175,8 +175,9 @@ def _per_run(values, keys):
     return per_run
 
 
-def render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe, ui_path) -> str:
-    """`table.md`: the grouped table, the runs, the runs left out, the plots, the MLflow UI view."""
+def render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe, ui_path, sections=()) -> str:
+    """`table.md`: the grouped table, `sections` (markdown, e.g. the paired comparison), the runs,
+    the runs left out, the plots, the MLflow UI view."""
     lines = [f"# flowrl.compare: experiment `{experiment}`", ""]
     by = ", ".join(f"`{k}`" for k in keys) or "(nothing differs: one group)"
     lines += [
@@ -187,6 +188,7 @@ def render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe,
         "",
     ]
     lines += [_md(table.drop(columns=["_label"])) if not table.empty else "(no finished runs)", ""]
+    lines += list(sections)
     if not values.empty:
         lines += ["## Runs", "", _md(_per_run(values, keys)), ""]
     lines += ["## Not compared (not FINISHED)", ""]
