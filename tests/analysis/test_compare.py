@@ -334,7 +334,9 @@ def test_smoke_sweep_then_compare_end_to_end(smoke_sweep, tmp_path):
         ("egrpo", "0"),
         ("egrpo", "1"),
     ]
-    assert {t["budget"] for t in tags} == {"iterations=1"} and {t["group_size"] for t in tags} == {"2"}  # smoke=true: each step scheduler's small_overrides (G 2)
+    assert {t["budget"] for t in tags} == {"iterations=1"} and {t["group_size"] for t in tags} == {
+        "2"
+    }  # smoke=true: each step scheduler's small_overrides (G 2)
     assert {t.get("tau") for t in tags} == {"2.2", None}  # E-GRPO's tau; DanceGRPO has none
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # a crashed run and a run that never ended, in the same experiment
