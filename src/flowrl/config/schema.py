@@ -180,6 +180,9 @@ def check_config(cfg) -> None:
                 run,
                 "not a run output directory with checkpoints/ (a run writes them every train.checkpoint_every iterations)",
             )
+    truth, evals = cfg.get("ground_truth"), cfg.get("eval_rewards")
+    if truth not in (None, "auto") and evals is not None and truth not in evals:
+        raise ConfigError("ground_truth", truth, f"auto or one of the eval rewards ({', '.join(evals)})")
     if cfg.get("method") is not None:
         check_method_knobs(cfg)
         check_step_scheduler(cfg)

@@ -339,7 +339,19 @@ def run_tags(cfg) -> dict[str, str]:
     budget = _budget_tag(resolved)
     if budget is not None:
         tags["budget"] = budget
+    truth = ground_truth(resolved)
+    if truth is not None:  # the held-out metric that judges the run (flowrl.compare's default)
+        tags["ground_truth"] = f"val/reward/{truth}"
     return tags
+
+
+def ground_truth(resolved: dict) -> str | None:
+    """The eval reward named by `ground_truth`; `auto`: the first of `eval_rewards` (each option
+    lists its ground truth first: shapes for the embedded world, HPS for the real panel)."""
+    truth, evals = resolved.get("ground_truth"), resolved.get("eval_rewards") or {}
+    if truth == "auto":
+        return next(iter(evals), None)
+    return truth
 
 
 def log_run_metadata(logger, cfg, seed: int | None = None) -> None:
