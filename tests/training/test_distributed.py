@@ -76,7 +76,7 @@ def test_ddp_gradient_equals_a_single_process_over_both_ranks_prompts(make_cfg, 
     for rank in (0, 1):
         module.generator = torch.Generator().manual_seed(module.iteration_seed(0, rank))  # rank r's iteration 0
         plan = module.step_scheduler.plan(0, module.generator)
-        prompts = PromptBatches(data.train, cfg.train.prompts_per_step, 1, cfg.seed, rank=rank)[0]
+        prompts = PromptBatches(data.train, cfg.train.prompts_per_step, 1, cfg.seed, rank=rank, world=2)[0]
         ro, scores = module.rollout(prompts, plan)
         rollouts.append(ro)
         advantages.append(module.step_scheduler.advantages(scores, plan, prompts))

@@ -7,28 +7,50 @@ from omegaconf import DictConfig
 
 from flowrl.utils.seeds import mix_seed
 
+STREAM_BLOCK = 256  # prompts per seeded block of the stream
+
+
+def prompt_stream(prompts: list[str], seed: int, start: int, count: int) -> list[str]:
+    """Items start .. start+count-1 of the run's prompt stream: one endless sequence of prompts
+    drawn with replacement, fixed by the seed alone (block b of STREAM_BLOCK draws comes from a
+    generator seeded by (seed, b)). Common random numbers: every method and config of a seed sees
+    the same sequence, whatever it takes per iteration."""
+    import torch
+
+    out, block, cached = [], None, None
+    for k in range(start, start + count):
+        if k // STREAM_BLOCK != block:
+            block = k // STREAM_BLOCK
+            g = torch.Generator().manual_seed(mix_seed("prompt-stream", seed, block))
+            cached = torch.randint(len(prompts), (STREAM_BLOCK,), generator=g).tolist()
+        out.append(prompts[cached[k % STREAM_BLOCK]])
+    return out
+
 
 class PromptBatches:
-    """The train prompts of iterations start, start+1, ..., iterations-1: batch i is P prompts drawn
-    (with replacement) by a generator seeded with (seed, i, rank), so the iteration count alone is
-    the sampler's position (a resumed run draws what the uninterrupted one would have) and every
-    DDP rank has prompts of its own."""
+    """The train prompts of iterations start, start+1, ..., iterations-1, taken in order from the
+    seed's prompt stream (`prompt_stream`): iteration i on rank r of W takes the P prompts at
+    (i * W + r) * P. A method with P prompts per iteration takes the next P of the same sequence,
+    so methods compared at one seed see the same prompts in the same order (common random
+    numbers); the iteration count alone is the position (a resumed run draws what the
+    uninterrupted one would have) and every DDP rank has prompts of its own."""
 
-    def __init__(self, prompts, per_step: int, iterations: int, seed: int, start: int = 0, rank: int | None = None):
+    def __init__(self, prompts, per_step: int, iterations: int, seed: int, start: int = 0, rank=None, world=None):
         self.prompts, self.per_step, self.iterations, self.seed, self.start = list(prompts), per_step, iterations, seed, start
-        self.rank = rank  # None: this process's rank, read when a batch is drawn (under DDP, at fit time)
+        # None: this process's rank / world size, read when a batch is drawn (under DDP, at fit time)
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return max(0, self.iterations - self.start)
 
     def __getitem__(self, i: int) -> list[str]:
-        import torch
-
         from flowrl.training.distributed import rank_and_world
 
-        rank = rank_and_world()[0] if self.rank is None else self.rank  # under DDP each rank draws its own prompts
-        g = torch.Generator().manual_seed(mix_seed("prompts", self.seed, self.start + i, rank))
-        return [self.prompts[j] for j in torch.randint(len(self.prompts), (self.per_step,), generator=g).tolist()]
+        rank, world = rank_and_world()  # under DDP each rank draws its own prompts
+        rank = rank if self.rank is None else self.rank
+        world = world if self.world is None else self.world
+        position = ((self.start + i) * world + rank) * self.per_step
+        return prompt_stream(self.prompts, self.seed, position, self.per_step)
 
 
 def _identity(batch):

@@ -9,8 +9,8 @@ What the next iteration depends on, each in a format that loads without unpickli
                           state_dict (e.g. a calibrated noise table, a moving window), python's and
                           numpy's RNG states, the MLflow run id, the config the run was started with
 
-The prompt sampler needs no state of its own: batch i is drawn from a generator seeded by
-(seed, i) (flowrl.training.build.PromptBatches), so the iteration count is its position.
+The prompt sampler needs no state of its own: batch i on rank r is the seed's prompt stream at
+position (i * W + r) * P (flowrl.training.build.PromptBatches), so the iteration count is its position.
 
 A checkpoint is written to `iter_<N>.tmp/` and renamed into place, so a crash while writing (a
 full disk, a kill) leaves the previous checkpoints as they were; only the last `keep` are kept.
