@@ -1,0 +1,190 @@
+"""`geneval`: GenEval's verdict, by rule, on the compositional world of flowrl.data.geneval.
+
+GenEval (Ghosh et al. 2023) detects objects, then checks what the prompt's category implies: the
+objects are there (single_object, two_object), their number is exact (counting), their colour is
+the named one (colors, color_attr), and their boxes stand in the named relation (position). A
+prompt scores 1 only if every check passes, else 0; the benchmark's number is the mean over
+categories of the per-category accuracy. Here the detector is exact, because the world's images
+are flat palette colours on a black background:
+
+  1. snap every pixel to the nearest of background + palette colours;
+  2. objects = 4-connected components of one colour (scipy.ndimage.label, all images and one
+     colour per call) of at least `min_area` pixels (smaller ones are specks, not objects);
+  3. shape of a component from its pixels: fill = area / bounding box, aspect = h / w, and
+     skew = (row of the mass centroid - row of the box centre) / h, which is ~0.15 for an
+     apex-up triangle (its mass sits low) and 0 for the symmetric circle and square:
+       square   fill >= 0.96, |skew| <= 0.05
+       circle   0.58 <= fill < 0.96, |skew| <= 0.08
+       triangle 0.45 <= fill <= 0.70, skew >= 0.09
+     and 0.8 <= aspect <= 1.25 for all three; anything else is no object. The renderer's own
+     shapes (half-size >= 4 px at any sub-pixel position) measure square fill 1 skew 0,
+     circle fill 0.60..0.94 |skew| <= 0.05, triangle fill 0.50..0.63 skew 0.12..0.17, aspect
+     0.87..1.15; fill alone cannot part a small circle from a triangle, the skew can;
+  4. the category's rule (flowrl.data.geneval's table), with GenEval's relation test on box
+     centres (`relations`: POSITION_THRESHOLD = 0.1 of the two boxes' sizes discounted from the
+     offset, then a relation holds when its axis carries more than half of the offset).
+
+Where GenEval reads only its detector's top-scoring box of a class (its colour, its position),
+this verifier reads every object of that class: "a purple square" is wrong if any square is
+not purple, and a position holds only between every pair of the named objects. That is stricter,
+and it leaves no credit for drawing the asked object next to decoys.
+
+`components()` is {"geneval": score}: the training path keys per-reward weights by component
+name (flowrl.contract.advantages), so per-category numbers come from `category_scores` instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flowrl.data.geneval import BACKGROUND, CATEGORIES, COLORS, Spec, parse
+from flowrl.rewards.base import RewardModel
+
+PALETTE_NAMES: tuple[str | None, ...] = (None, *COLORS)  # index 0: the background
+POSITION_THRESHOLD = 0.1  # GenEval's evaluate_images.py
+CHUNK = 256  # images per label() call: bounds the [chunk, H, W] int32 label volume
+
+# Shape feature bands (see the module docstring for the renderer's measured ranges).
+SQUARE_FILL = 0.96
+CIRCLE_FILL = (0.58, SQUARE_FILL)
+TRIANGLE_FILL = (0.45, 0.70)
+SYMMETRIC_SKEW = {"square": 0.05, "circle": 0.08}
+TRIANGLE_SKEW = 0.09
+ASPECT = (0.8, 1.25)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One object found in an image: colour, shape, and its bounding box (px, end exclusive)."""
+
+    color: str
+    shape: str
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+def palette_labels(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [0, 1] (any float dtype) -> [B, H, W] int index into PALETTE_NAMES."""
+    palette = torch.tensor([BACKGROUND, *COLORS.values()], dtype=torch.float32, device=images.device)
+    # |px - c|^2 = |px|^2 - 2 px.c + |c|^2, and |px|^2 is the same for every c: one small matmul
+    # instead of a [B, H, W, K, 3] difference tensor
+    b, _, h, w = images.shape
+    px = images.float().permute(0, 2, 3, 1).reshape(-1, 3)
+    dist = torch.addmm(palette.square().sum(-1), px, palette.T, alpha=-2)  # [B H W, K] up to |px|^2
+    return dist.argmin(-1).to(torch.uint8).view(b, h, w).cpu().numpy()
+
+
+def classify(fill: float, aspect: float, skew: float) -> str | None:
+    """The shape whose band holds all three features, or None."""
+    if not ASPECT[0] <= aspect <= ASPECT[1]:
+        return None
+    if fill >= SQUARE_FILL and abs(skew) <= SYMMETRIC_SKEW["square"]:
+        return "square"
+    if CIRCLE_FILL[0] <= fill < CIRCLE_FILL[1] and abs(skew) <= SYMMETRIC_SKEW["circle"]:
+        return "circle"
+    if TRIANGLE_FILL[0] <= fill <= TRIANGLE_FILL[1] and skew >= TRIANGLE_SKEW:
+        return "triangle"
+    return None
+
+
+def detect(images: torch.Tensor, min_area: int = 16) -> list[list[Detection]]:
+    """The objects of each image (step 1-3 of the module docstring), per image in label order."""
+    from scipy import ndimage  # lazy, as flowrl.rewards.shapes
+
+    out: list[list[Detection]] = [[] for _ in range(images.shape[0])]
+    # One 3-D label() per colour over a chunk of images: the structure connects pixels within an
+    # image (4-neighbourhood) and never across the batch axis.
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    for start in range(0, images.shape[0], CHUNK):
+        labels = palette_labels(images[start : start + CHUNK])
+        _, height, width = labels.shape
+        for k in range(1, len(PALETTE_NAMES)):
+            comp, n = ndimage.label(labels == k, structure=structure)
+            if n == 0:
+                continue
+            # per-component sums over the colour's pixels only (a small part of the batch)
+            fg = np.flatnonzero(comp)
+            ids = comp.ravel()[fg]
+            area = np.bincount(ids, minlength=n + 1)[1:]
+            row_mean = np.bincount(ids, weights=(fg // width) % height, minlength=n + 1)[1:] / np.maximum(area, 1)
+            for i, (sb, sy, sx) in enumerate(ndimage.find_objects(comp)):
+                if area[i] < min_area:
+                    continue
+                h, w = sy.stop - sy.start, sx.stop - sx.start
+                skew = (row_mean[i] + 0.5 - (sy.start + sy.stop) / 2) / h
+                shape = classify(area[i] / (h * w), h / w, skew)
+                if shape is not None:
+                    out[start + sb.start].append(Detection(PALETTE_NAMES[k], shape, sx.start, sy.start, sx.stop, sy.stop))
+    return out
+
+
+def relations(a: Detection, b: Detection) -> set[str]:
+    """Where a is relative to b, GenEval's `relative_position` on the two bounding boxes: the
+    centre offset, shrunk per axis by POSITION_THRESHOLD x the boxes' summed extent, normalised
+    by the offset's length; "left of" when its x part < -0.5 ... (image y grows downwards)."""
+    ca = np.array([(a.x0 + a.x1) / 2, (a.y0 + a.y1) / 2])
+    cb = np.array([(b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2])
+    dims = np.array([a.x1 - a.x0 + b.x1 - b.x0, a.y1 - a.y0 + b.y1 - b.y0], dtype=float)
+    offset = ca - cb
+    revised = np.maximum(np.abs(offset) - POSITION_THRESHOLD * dims, 0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
+        return set()
+    dx, dy = revised / np.linalg.norm(offset)
+    return {
+        rel for rel, holds in (("left of", dx < -0.5), ("right of", dx > 0.5), ("above", dy < -0.5), ("below", dy > 0.5)) if holds
+    }
+
+
+def correct(spec: Spec, objects: list[Detection]) -> bool:
+    """GenEval's verdict for one image: every check of the prompt's category passes."""
+    by_shape: dict[str, list[Detection]] = {}
+    for d in objects:
+        by_shape.setdefault(d.shape, []).append(d)
+
+    def all_colored(shape: str, color: str | None) -> bool:  # >= 1 of shape, every one in color
+        found = by_shape.get(shape, [])
+        return bool(found) and (color is None or all(d.color == color for d in found))
+
+    cat, objs = spec.category, spec.objects
+    if cat in ("single_object", "two_object", "colors", "color_attr"):
+        return all(all_colored(o.shape, o.color) for o in objs)
+    if cat == "counting":
+        return len(by_shape.get(objs[0].shape, [])) == objs[0].count and all_colored(objs[0].shape, objs[0].color)
+    # position: every named subject stands in the relation to every named reference
+    subjects, refs = ([d for d in by_shape.get(o.shape, []) if d.color == o.color] for o in objs)
+    return bool(subjects) and bool(refs) and all(spec.relation in relations(a, b) for a, b in itertools.product(subjects, refs))
+
+
+class GenEvalReward(RewardModel):
+    """1 if the image passes every check of its prompt's GenEval category, else 0."""
+
+    name = "geneval"
+
+    def __init__(self, min_area: int = 16):
+        super().__init__()
+        self.min_area = min_area
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        specs = [parse(p) for p in prompts]  # first: a prompt outside the world fails before any work
+        found = detect(images, self.min_area)
+        return torch.tensor([float(correct(s, objs)) for s, objs in zip(specs, found, strict=True)])
+
+    def category_scores(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """{category: [B]}: an image's score under its prompt's category, NaN under the others (so
+        nanmean gives the category's accuracy in this batch; `summarize` does)."""
+        scores = self(images, prompts)
+        cats = [parse(p).category for p in prompts]
+        return {c: torch.where(torch.tensor([x == c for x in cats]), scores, torch.nan) for c in CATEGORIES}
+
+
+def summarize(category_scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per-category accuracy and GenEval's `overall`: their mean over the categories present."""
+    acc = {c: s.nanmean().item() for c, s in category_scores.items() if not s.isnan().all()}
+    return acc | {"overall": float(np.mean(list(acc.values())))} if acc else {}

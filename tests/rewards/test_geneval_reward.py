@@ -1,0 +1,231 @@
+"""The geneval verifier (flowrl.rewards.geneval): exactly 1 on the world's renderings of every
+prompt, exactly 0 on renderings that break one check of the prompt's category."""
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from flowrl.data.geneval import (
+    COLORS,
+    MIRROR,
+    SHAPES,
+    Obj,
+    Placed,
+    Spec,
+    all_specs,
+    draw,
+    layout,
+    mirrored,
+    render,
+    render_batch,
+    render_objects,
+)
+from flowrl.rewards.geneval import CATEGORIES, Detection, GenEvalReward, classify, detect, relations, summarize
+
+REWARD = GenEvalReward()
+COLOR_LIST, SHAPE_LIST = list(COLORS), list(SHAPES)
+
+
+def _score(images, specs) -> torch.Tensor:
+    images = torch.from_numpy(np.stack(images)) if isinstance(images, list) else images
+    return REWARD(images, [s.prompt for s in specs])
+
+
+def _assert_all(scores, specs, value: float):
+    wrong = [s.prompt for s, x in zip(specs, scores.tolist(), strict=True) if x != value]
+    assert not wrong, f"{len(wrong)} scored {1 - value} (expected {value}), e.g. {wrong[:5]}"
+
+
+def test_scores_one_on_every_prompt_of_the_world():
+    specs = all_specs()
+    for seed in range(3):
+        _assert_all(_score(render_batch(specs, seed=seed), specs), specs, 1.0)
+
+
+def test_scores_one_in_bf16_at_other_resolutions_and_on_the_fallback_layout():
+    # bf16 rounds 0.9 to 0.898...: snapping to the palette undoes it
+    specs = all_specs()[::3]
+    _assert_all(_score(render_batch(specs, seed=7).to(torch.bfloat16), specs), specs, 1.0)
+    few = all_specs()[1::7]
+    for size in (32, 64):
+        _assert_all(_score(render_batch(few, seed=8, size=size), few), few, 1.0)
+        # the deterministic layout a renderer falls back to after its random draws are rejected
+        rng = random.Random(size)
+        fallback = [draw(layout(s.objects, rng, size, s.relation, attempts=0), size) for s in few]
+        _assert_all(_score(fallback, few), few, 1.0)
+
+
+def test_blank_image_scores_zero_everywhere():
+    specs = all_specs()
+    _assert_all(_score(torch.zeros(len(specs), 3, 48, 48), specs), specs, 0.0)
+
+
+def test_wrong_count_scores_zero():
+    # n - 1 (0: an empty image) and n + 1 (5: one more than the world asks) for every counting prompt
+    rng = random.Random(0)
+    specs = [s for s in all_specs() if s.category == "counting"]
+    cases = [
+        (s, render_objects([Obj(s.objects[0].shape, s.objects[0].color, s.objects[0].count + d)], rng))
+        for s in specs
+        for d in (-1, 1)
+    ]
+    _assert_all(_score([img for _, img in cases], [s for s, _ in cases]), [s for s, _ in cases], 0.0)
+
+
+def test_swapped_position_scores_zero():
+    specs = [s for s in all_specs() if s.category == "position"]
+    images = [render(mirrored(s), seed) for seed, s in enumerate(specs)]
+    _assert_all(_score(images, specs), specs, 0.0)
+    assert set(MIRROR) == set(MIRROR.values())
+
+
+def test_swapped_colours_score_zero():
+    # the colours exchanged between the two objects: every binding is wrong, each object is there
+    specs = [s for s in all_specs() if s.category in ("position", "color_attr") and s.objects[0].color != s.objects[1].color]
+    assert len(specs) == 720 + 180
+    images = []
+    for seed, s in enumerate(specs):
+        a, b = s.objects
+        images.append(render_objects([Obj(a.shape, b.color), Obj(b.shape, a.color)], seed, relation=s.relation))
+    _assert_all(_score(images, specs), specs, 0.0)
+
+
+def test_wrong_shape_scores_zero():
+    # each object of every prompt drawn as another shape (rotating through the other two), the
+    # rest of the image as asked
+    specs, images = [], []
+    for seed, s in enumerate(all_specs()):
+        for i, o in enumerate(s.objects):
+            others = [x for x in SHAPE_LIST if x != o.shape]
+            objs = list(s.objects)
+            objs[i] = Obj(others[(seed + i) % 2], o.color, o.count)
+            specs.append(s)
+            images.append(render_objects(objs, seed, relation=s.relation))
+    _assert_all(_score(images, specs), specs, 0.0)
+
+
+def test_wrong_colour_scores_zero():
+    # each coloured object of every prompt drawn in another colour (rotating through the other five)
+    specs, images = [], []
+    for seed, s in enumerate(all_specs()):
+        for i, o in enumerate(s.objects):
+            if o.color is None:
+                continue
+            others = [c for c in COLOR_LIST if c != o.color]
+            objs = list(s.objects)
+            objs[i] = Obj(o.shape, others[(seed + i) % 5], o.count)
+            specs.append(s)
+            images.append(render_objects(objs, seed, relation=s.relation))
+    assert len(specs) == 72 + 18 + 2 * (864 + 180)
+    _assert_all(_score(images, specs), specs, 0.0)
+
+
+def test_one_decoy_of_another_colour_breaks_colour_checks():
+    # stricter than GenEval's top-1 box: every object of the named shape must have the named colour
+    rng = random.Random(1)
+    cases = [
+        (Spec("counting", (Obj("triangle", "green", 3),)), [Obj("triangle", "green", 2), Obj("triangle", "red")]),
+        (Spec("colors", (Obj("square", "purple"),)), [Obj("square", "purple"), Obj("square", "red")]),
+        (
+            Spec("color_attr", (Obj("circle", "red"), Obj("square", "blue"))),
+            [Obj("circle", "red"), Obj("square", "blue"), Obj("circle", "white")],
+        ),
+    ]
+    _assert_all(_score([render_objects(o, rng) for _, o in cases], [s for s, _ in cases]), [s for s, _ in cases], 0.0)
+
+
+def test_objects_the_prompt_does_not_name_are_ignored():
+    # GenEval's checks name classes: an extra object of another shape breaks no check
+    rng = random.Random(2)
+    cases = [
+        (Spec("single_object", (Obj("circle"),)), [Obj("circle", "red"), Obj("square", "blue")]),
+        (
+            Spec("two_object", (Obj("circle"), Obj("square"))),
+            [Obj("circle", "red"), Obj("square", "red"), Obj("triangle", "blue")],
+        ),
+        (Spec("counting", (Obj("triangle", "green", 2),)), [Obj("triangle", "green", 2), Obj("circle", "green")]),
+        (Spec("colors", (Obj("square", "purple"),)), [Obj("square", "purple"), Obj("circle", "red")]),
+    ]
+    _assert_all(_score([render_objects(o, rng) for _, o in cases], [s for s, _ in cases]), [s for s, _ in cases], 1.0)
+
+
+def test_specks_below_min_area_are_no_objects():
+    img = torch.from_numpy(render(Spec("colors", (Obj("square", "red"),)), 0))
+    speck = img.clone()
+    speck[:, :3, :3] = torch.tensor(COLORS["blue"])[:, None, None]  # a 3x3 blue "square" in a corner
+    assert [d.color for d in detect(speck[None])[0]] == ["red"]
+    assert [d.color for d in detect(speck[None], min_area=4)[0]] == ["red", "blue"]
+    spec = Spec("colors", (Obj("square", "red"),))
+    assert _score(speck[None], [spec]).item() == 1.0
+
+
+def test_detect_reads_colour_shape_and_box():
+    img = draw([Placed("triangle", "white", 12.0, 30.0, 6.0), Placed("circle", "yellow", 36.0, 12.0, 7.0)])
+    found = sorted(detect(torch.from_numpy(img)[None])[0], key=lambda d: d.shape)
+    assert [(d.shape, d.color) for d in found] == [("circle", "yellow"), ("triangle", "white")]
+    circle = found[0]
+    assert (circle.x0, circle.y0, circle.x1, circle.y1) == (29, 5, 43, 19)
+
+
+def test_classify_bands():
+    assert classify(1.0, 1.0, 0.0) == "square"
+    assert classify(0.785, 1.0, 0.0) == "circle"
+    assert classify(0.5, 1.0, 0.15) == "triangle"
+    assert classify(0.62, 1.0, 0.15) == "triangle" and classify(0.62, 1.0, 0.0) == "circle"  # the skew decides
+    assert classify(1.0, 2.0, 0.0) is None  # a bar is no square
+    assert classify(0.3, 1.0, 0.0) is None  # a ring/blob of low fill is nothing
+    assert classify(0.5, 1.0, -0.15) is None  # an upside-down triangle is not in the world
+
+
+def test_relations_follow_geneval():
+    def box(cx, cy, r=4):
+        return Detection("red", "circle", cx - r, cy - r, cx + r, cy + r)
+
+    assert relations(box(10, 20), box(30, 20)) == {"left of"}
+    assert relations(box(30, 20), box(10, 20)) == {"right of"}
+    assert relations(box(20, 5), box(20, 30)) == {"above"}
+    assert relations(box(20, 30), box(20, 5)) == {"below"}
+    assert relations(box(10, 10), box(30, 30)) == {"left of", "above"}  # the diagonal: both
+    assert relations(box(20, 20), box(21, 20)) == set()  # within the threshold: none
+
+
+def test_components_and_category_scores():
+    specs = [s for s in all_specs()][::19]
+    images = render_batch(specs, seed=0)
+    images[::2] = 0  # every other image blank: score 0
+    prompts = [s.prompt for s in specs]
+    scores = REWARD(images, prompts)
+    expected = torch.tensor([float(i % 2) for i in range(len(specs))])
+    assert torch.equal(scores, expected)
+    assert list(REWARD.components(images, prompts)) == ["geneval"]
+    assert torch.equal(REWARD.components(images, prompts)["geneval"], expected)
+    per_cat = REWARD.category_scores(images, prompts)
+    assert set(per_cat) == set(CATEGORIES)
+    for cat, x in per_cat.items():
+        mine = torch.tensor([s.category == cat for s in specs])
+        assert x[~mine].isnan().all() and torch.equal(x[mine], expected[mine])
+    summary = summarize(per_cat)
+    present = {s.category for s in specs}
+    assert set(summary) == present | {"overall"}
+    assert summary["overall"] == pytest.approx(np.mean([summary[c] for c in present]))
+
+
+def test_rejects_prompts_outside_the_world(make_cfg):
+    from hydra.utils import instantiate
+
+    reward = instantiate(make_cfg("reward=geneval").reward)
+    assert isinstance(reward, GenEvalReward) and reward.name == "geneval" and reward.min_area == 16
+    with pytest.raises(ValueError, match="not a prompt of the geneval world"):
+        reward(torch.zeros(1, 3, 48, 48), ["a red circle on a blue background"])
+
+
+def test_colour_pairs_far_apart():
+    # nearest-colour snapping is exact only if no two palette entries (background included) are close
+    from flowrl.data.geneval import BACKGROUND
+
+    rgb = np.array([BACKGROUND, *COLORS.values()])
+    dists = [np.linalg.norm(a - b) for a, b in itertools.combinations(rgb, 2)]
+    assert min(dists) > 0.5
