@@ -53,6 +53,8 @@ class ValSchema(_Closed):
     grid_prompts: NonNegInt
     train_grid_every: PosInt
     full_precision: bool
+    final_samples_per_prompt: PosInt | None = None
+    ci_resamples: PosInt
 
 
 class BudgetSchema(_Closed):

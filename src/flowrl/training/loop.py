@@ -141,7 +141,7 @@ def evaluate_before(cfg: DictConfig, logger, module, trainer, data, val_loader, 
 
 def evaluate_after(module, trainer, val_loader) -> dict[str, float]:
     """The final evaluation, unless the loop just made it (its last iteration was an evaluation point)."""
-    if module.evaluated_at == module.iteration:
+    if module.evaluated_at == module.iteration and module.last_eval_final:
         return {f"val/reward/{k}": v for k, v in module.last_eval.items()}
     return held_out_rewards(trainer, module, val_loader)
 

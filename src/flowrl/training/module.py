@@ -49,6 +49,13 @@ class ValConfig:
     grid_prompts: int = 8  # prompts shown in the logged grid
     train_grid_every: int = 10  # log a grid of rollout images every n iterations
     full_precision: bool = True  # held-out samples in the model's full precision, whatever model.precision
+    # the evaluations before and after training (the run's Δ) may be larger than the ones between:
+    # null = samples_per_prompt. Their noise is fixed by val.seed, as the others'.
+    final_samples_per_prompt: int | None = None
+    ci_resamples: int = 1000  # bootstrap resamples (over prompts) of each score's 95% interval
+
+    def samples(self, final: bool) -> int:
+        return (self.final_samples_per_prompt or self.samples_per_prompt) if final else self.samples_per_prompt
 
 
 class GRPOModule(L.LightningModule):
@@ -92,6 +99,7 @@ class GRPOModule(L.LightningModule):
         self.wall_total = 0.0  # seconds spent in training iterations (held-out evaluations excluded)
         self.evaluated_at = -1  # iterations completed at the last held-out evaluation
         self.last_eval: dict[str, float] = {}
+        self.last_eval_final = False  # the last evaluation had the endpoint size (val.final_samples_per_prompt)
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite value, in all
         self.consecutive_skips = 0
         self.max_consecutive_skips = int(max_consecutive_skips)
@@ -140,12 +148,16 @@ class GRPOModule(L.LightningModule):
 
     def progress_state(self) -> dict:
         """The counters the next iteration depends on (a checkpoint's state.json)."""
-        return {k: getattr(self, k) for k in self.PROGRESS} | {"last_eval": dict(self.last_eval)}
+        return {k: getattr(self, k) for k in self.PROGRESS} | {
+            "last_eval": dict(self.last_eval),
+            "last_eval_final": self.last_eval_final,
+        }
 
     def load_progress_state(self, state: dict) -> None:
         for k in self.PROGRESS:
             setattr(self, k, type(getattr(self, k))(state[k]))
         self.last_eval = dict(state.get("last_eval", {}))
+        self.last_eval_final = bool(state.get("last_eval_final", False))
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -350,37 +362,58 @@ class GRPOModule(L.LightningModule):
 
     # ---- validation: held-out prompts, fixed noise, every eval reward ---------------------
     @torch.no_grad()
-    def evaluate(self, prompts: list[str]) -> dict[str, float]:
-        """Every eval reward on the held-out prompts, `val.samples_per_prompt` fixed noises each
-        (the same images every evaluation: the grids show the policy change): {name: mean}.
-        Logged at step = iterations completed (0 before training, N after N iterations;
-        Lightning's own step counts optimizer steps) with the NFE spent so far, the x-axis that
-        curves of different methods share, and a sample grid."""
+    def evaluate(self, prompts: list[str], final: bool = False) -> dict[str, float]:
+        """Every eval reward on the held-out prompts, fixed noises per prompt (the same images every
+        evaluation: the grids show the policy change): {name: mean}. `final`: an endpoint
+        evaluation (before / after training), `val.final_samples_per_prompt` noises per prompt.
+        Logged at step = iterations completed (0 before training, N after N iterations) with the
+        NFE spent so far (the x-axis curves of different methods share), each mean's bootstrap 95%
+        interval over prompts (`val_ci/<name>/low|high`), and a sample grid."""
         cfg = self.val_cfg
+        per_prompt = cfg.samples(final)
         self.model.eval()
-        rows = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+        rows = [p for p in prompts for _ in range(per_prompt)]
         # full precision: the held-out numbers of a bf16-autocast run stay comparable with an fp32 run's
         precision = self.model.full_precision() if cfg.full_precision else contextlib.nullcontext()
         with self.evaluated_weights(), precision:
             images = generate(
                 self.model, rows, num_steps=cfg.num_steps, shift=self.shift, seed=cfg.seed, batch_size=self.max_batch
             )
-        means = {name: reward(images, rows).mean().item() for name, reward in self.eval_rewards.items()}
+        scores = {name: reward(images, rows).float().cpu() for name, reward in self.eval_rewards.items()}
+        means = {name: s.mean().item() for name, s in scores.items()}
+        # an evaluation of the endpoint size counts as the final one (the loop need not repeat it)
         self.evaluated_at, self.last_eval = self.iteration, dict(means)
+        self.last_eval_final = per_prompt == cfg.samples(final=True)
         if self.logger is not None:
             metrics = {f"val/reward/{name}": v for name, v in means.items()}
+            for name, s in scores.items():
+                low, high = bootstrap_ci(s.view(len(prompts), per_prompt), cfg.ci_resamples, cfg.seed)
+                metrics |= {f"val_ci/{name}/low": low, f"val_ci/{name}/high": high}
             self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
         if hasattr(self.logger, "run_id"):
             from flowrl.training.tracking import log_image_grid
 
-            grid = images[: cfg.grid_prompts * cfg.samples_per_prompt]
-            log_image_grid(self.logger, grid, "val", step=self.iteration, nrow=cfg.samples_per_prompt * 4)
+            grid = images[: cfg.grid_prompts * per_prompt]
+            log_image_grid(self.logger, grid, "val", step=self.iteration, nrow=per_prompt * 4)
         return means
 
     def validation_step(self, prompts: list[str], batch_idx: int):
         """The held-out prompts come as one batch (flowrl.train's loader): one evaluation. The
         bar and trainer.validate()'s result get the means too (not the logger: evaluate logs)."""
-        means = self.evaluate(list(prompts))
-        n = len(prompts) * self.val_cfg.samples_per_prompt
+        means = self.evaluate(list(prompts), final=True)  # trainer.validate: before / after training
+        n = len(prompts) * self.val_cfg.samples(final=True)
         for name, value in means.items():
             self.log(f"val/reward/{name}", value, batch_size=n, prog_bar=name == "shapes", logger=False)
+
+
+def bootstrap_ci(scores: torch.Tensor, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of scores [prompts, samples], resampling prompts
+    (a prompt's samples share it, so they are not independent draws): the evaluation's own
+    sampling noise, for binary verifier scores as for continuous rewards."""
+    per_prompt = scores.float().mean(1)  # [P]
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(per_prompt), (resamples, len(per_prompt)), generator=g)
+    means = per_prompt[idx].mean(1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail])).tolist()
+    return low, high

@@ -81,7 +81,9 @@ class RunControl:
                 # every decision is every rank's (DDP): a signal or a clock on one rank stops all
                 decide = trainer.strategy.reduce_boolean_decision
                 if decide(control.due_evaluation(module, self.spent_before), all=False):
-                    module.evaluate(list(control.val_prompts))
+                    # the run's last iteration: this evaluation is the final one, at the endpoint size
+                    last = batch_idx == trainer.num_training_batches - 1
+                    module.evaluate(list(control.val_prompts), final=last)
                 stopping = decide(control.stop.signal_name is not None, all=False)
                 every = control.checkpoint_every
                 if stopping or (every > 0 and module.iteration % every == 0):

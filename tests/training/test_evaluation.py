@@ -1,0 +1,48 @@
+"""Held-out evaluation sized for power: endpoint evaluations (before / after training) may be
+larger than the ones between, and every score gets a bootstrap 95% interval over prompts."""
+
+import pytest
+import torch
+
+from flowrl.training.module import bootstrap_ci
+
+
+def test_bootstrap_ci_resamples_prompts_not_images():
+    # 4 prompts x 3 samples: prompt means 0, 1/3, 2/3, 1 -> every resample's mean is a mean of 4
+    # of these, so the interval lies in [0, 1] around 0.5; identical prompts give a point interval
+    scores = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=torch.float32)
+    low, high = bootstrap_ci(scores, resamples=2000, seed=0)
+    assert 0 <= low < 0.5 < high <= 1
+    assert bootstrap_ci(torch.full((5, 2), 0.7), 100, 0) == pytest.approx((0.7, 0.7))
+    # the interval narrows as prompts are added (sd / sqrt(P)), the evaluation's own noise
+    wide = bootstrap_ci(scores, 2000, 0)
+    narrow = bootstrap_ci(scores.repeat(16, 1), 2000, 0)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+
+
+@pytest.mark.slow
+def test_endpoint_evaluations_are_larger_and_logged_with_intervals(make_cfg, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flowrl.training.loop import train
+
+    cfg = make_cfg(
+        "smoke=true",
+        "train.iterations=2",
+        "trainer.val_check_interval=1",
+        "val.samples_per_prompt=1",
+        "val.final_samples_per_prompt=3",
+        "val.num_steps=4",
+        "logger.experiment_name=eval",
+    )
+    train(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("eval").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "val/reward/shapes")
+    # 0 (endpoint), 1 (between), 2 (the last iteration's evaluation is the final one: endpoint
+    # size, not repeated)
+    assert [m.step for m in history] == [0, 1, 2]
+    lows = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_ci/shapes/low")}
+    highs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_ci/shapes/high")}
+    for m in history:
+        assert lows[m.step] <= m.value + 1e-6 and m.value <= highs[m.step] + 1e-6
