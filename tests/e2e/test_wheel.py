@@ -85,9 +85,9 @@ def test_wheel_install_finds_its_configs_from_any_directory(wheel_venv, tmp_path
         [
             "flowrl-train",
             "train.iterations=1",
-            "method.group_size=2",
-            "method.num_branch_steps=1",
+            "smoke=true",
             "val.samples_per_prompt=1",
+            "val.num_steps=4",
             f"paths.output_dir={out}",
             f"hydra.run.dir={out}",
         ],
