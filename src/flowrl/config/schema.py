@@ -11,6 +11,7 @@ must exist.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,9 +96,30 @@ class DataSchema(_Open):
     @field_validator("train_file", "val_file")
     @classmethod
     def _exists(cls, v):
-        if v is not None and not Path(v).expanduser().is_file():
-            raise ValueError("no such prompt file (one prompt per line)")
+        if v is not None:
+            problem = prompt_file_problem(Path(v).expanduser())
+            if problem:
+                raise ValueError(problem)
         return v
+
+
+def prompt_file_problem(path: Path) -> str | None:
+    """Why a prompt file cannot be read as one prompt per line, or None: before any model loads."""
+    import os
+
+    if not path.exists():
+        return "no such prompt file (one prompt per line)"
+    if not path.is_file():
+        return "not a regular file (a prompt file: one prompt per line)"
+    if not os.access(path, os.R_OK):
+        return "the prompt file is not readable (permissions)"
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        return f"the prompt file cannot be read as text ({type(err).__name__})"
+    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in lines):
+        return "the prompt file has no prompt (empty or only blank / # lines; one prompt per line)"
+    return None
 
 
 class ModelSchema(_Open):
@@ -112,7 +134,7 @@ def _first_error(err: ValidationError, group: str) -> tuple[str, Any, str]:
     key = f"{group}.{loc}" if loc else group
     value = e.get("input")
     if e["type"] == "extra_forbidden":
-        return key, value, f"not a key of {group} (known: {', '.join(_known(group))})"
+        return key, value, f"not a key of {group}{did_you_mean(loc, _known(group))} (known: {', '.join(_known(group))})"
     if e["type"] == "missing":
         return key, "<missing>", "required"
     msg = e["msg"].removeprefix("Value error, ")
@@ -127,6 +149,34 @@ def _first_error(err: ValidationError, group: str) -> tuple[str, Any, str]:
 
 def _known(group: str) -> list[str]:
     return list(SCHEMAS[group].model_fields)
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean train?)' for the nearest known name (difflib), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_top_level_keys(cfg) -> None:
+    """A top-level key the config file and its groups do not have (`+trian.iterations=1`) is a typo,
+    not a new setting: nothing would read it."""
+    from flowrl.config.errors import ConfigError
+
+    known = _top_level_keys("train" if "method" in cfg else "sample")
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(
+                key, cfg.get(key), f"not a key of this config{did_you_mean(key, known)} (known: {', '.join(sorted(known))})"
+            )
+
+
+@functools.cache
+def _top_level_keys(config_name: str) -> frozenset[str]:
+    from flowrl.config.compose import compose
+
+    return frozenset(compose([], config_name).keys()) | {"hydra"}
 
 
 SCHEMAS = {
@@ -151,13 +201,25 @@ _PHRASES = (  # pydantic's wording -> flowrl's one line
 )
 
 
+SEED_MAX = 2**32 - 1  # seeds feed numpy's SeedSequence and torch generators (32-bit words)
+
+
 def check_config(cfg) -> None:
     """Raise ConfigError (one line) for the first value of `cfg` that cannot run."""
     from omegaconf import OmegaConf
 
     from flowrl.config.errors import ConfigError
 
-    for group, schema in SCHEMAS.items():
+    check_top_level_keys(cfg)
+    for key in ("seed", "val.seed"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SEED_MAX):
+            raise ConfigError(key, value, f"an integer in [0, {SEED_MAX}]")
+
+    # a sample config (no method) has only the data and model groups of a run (the model's package may
+    # still add a train.lr_scale: not a run's train block)
+    groups = SCHEMAS if "method" in cfg else {g: SCHEMAS[g] for g in ("data", "model")}
+    for group, schema in groups.items():
         node = cfg.get(group)
         if node is None:
             continue
@@ -227,8 +289,9 @@ def check_method_knobs(cfg) -> None:
         key = "method." + ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             declared = ", ".join(knobs_model.model_fields) or "none"
+            hint = did_you_mean(str(e["loc"][-1]), [*knobs_model.model_fields, *MethodSchema.model_fields])
             raise ConfigError(
-                key, e.get("input"), f"not a knob of method {method['name']} ({cls.__name__}; its own knobs: {declared})"
+                key, e.get("input"), f"not a knob of method {method['name']}{hint} ({cls.__name__}; its own knobs: {declared})"
             ) from None
         raise ConfigError(*_first_error(err, "method")) from None
     from flowrl.step_schedulers.base import KnobError
