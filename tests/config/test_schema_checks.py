@@ -62,3 +62,17 @@ def test_added_keys_that_nothing_reads_are_refused_with_the_nearest_key(make_cfg
     with pytest.raises(ConfigError) as err:
         check_config(make_cfg(override))
     assert line in str(err.value)
+
+
+def test_the_checks_run_inside_a_running_hydra_app(make_cfg):
+    # a joblib or SLURM worker runs the checks with Hydra already initialised: they must not
+    # initialise it again (composing there failed every job of a joblib sweep)
+    from hydra import initialize_config_dir
+
+    from flowrl.config.compose import CONF_DIR
+    from flowrl.config.schema import _top_level_keys
+
+    cfg = make_cfg()
+    _top_level_keys.cache_clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        check_config(cfg)

@@ -174,9 +174,22 @@ def check_top_level_keys(cfg) -> None:
 
 @functools.cache
 def _top_level_keys(config_name: str) -> frozenset[str]:
-    from flowrl.config.compose import compose
+    """The keys of conf/<config_name>.yaml and the groups of its defaults list, read from the file
+    (not composed: inside a running Hydra app, e.g. a joblib or SLURM worker, Hydra cannot be
+    initialised again)."""
+    from omegaconf import OmegaConf
 
-    return frozenset(compose([], config_name).keys()) | {"hydra"}
+    from flowrl.config.compose import CONF_DIR
+
+    node = OmegaConf.load(Path(CONF_DIR) / f"{config_name}.yaml")
+    groups = set()
+    for entry in node.get("defaults", []):
+        if isinstance(entry, str):  # "_self_"
+            continue
+        for key in entry:  # "paths: default", "override /x: y", "reward@rewards.shapes: shapes"
+            group = str(key).removeprefix("override ").lstrip("/").split("@")[-1].split("/")[0].split(".")[0]
+            groups.add(group)
+    return frozenset(k for k in node if k != "defaults") | frozenset(groups) | {"hydra"}
 
 
 SCHEMAS = {
