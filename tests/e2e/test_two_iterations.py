@@ -4,16 +4,7 @@ what it logs, its evaluations, its artifacts, and the optimizer steps its offici
 import pytest
 
 from flowrl.config.compose import config_options
-
-SMALL = [
-    "train.iterations=2",
-    "train.prompts_per_step=2",
-    "method.group_size=3",
-    "method.num_steps=4",
-    "val.samples_per_prompt=1",
-    "val.num_steps=4",
-    "trainer.val_check_interval=1",
-]
+from tests.runs import SMALL
 
 # Per method: its overrides at the small size above (2 prompts x G 3, T 4 unless given) and the
 # optimizer steps one iteration takes there, worked by hand from the method's config and the

@@ -4,15 +4,7 @@
 
 import pytest
 
-SMALL = [
-    "train.iterations=2",
-    "train.prompts_per_step=2",
-    "method.group_size=3",
-    "method.num_steps=4",
-    "val.samples_per_prompt=1",
-    "val.num_steps=4",
-    "trainer.val_check_interval=1",
-]
+from tests.runs import SMALL
 
 
 @pytest.mark.slow
