@@ -216,3 +216,48 @@ def test_method_configs_carry_the_official_values(make_cfg):
     # E-GRPO's multi-reward is the raw weighted sum (its reward_manager.py): no per-part z-scores
     hps_clip = make_cfg("+reward@probe=hps_clip", config_name="sample").probe
     assert hps_clip.normalize == "none" and dict(hps_clip.weights) == {"hps": 0.7, "clipscore": 0.3}
+
+
+# Each method samples on the grid its official pipeline makes: the FLUX scripts' hand-made
+# shift(linspace) (XueZeyue/DanceGRPO fastvideo/train_grpo_flux.py@15cc71d, Tencent-Hunyuan/MixGRPO
+# fastvideo/train_grpo_flux.py@e5cdd6a, shengjun-zhang/VisualGRPO fastvideo/workers/sampler/
+# flux_sampler.py@ae619bf, bcmi/Granular-GRPO fastvideo/train_g2rpo_hps.py@ef6ec9f), and flow_grpo's
+# SD3 pipeline's FlowMatchEulerDiscreteScheduler (yifan123/flow_grpo sd3_pipeline_with_logprob.py@ac4c86e;
+# DenseGRPO builds on it). A new method: name its grid here.
+METHOD_SIGMA_GRIDS = {
+    "dancegrpo": "shifted_linspace",
+    "mixgrpo": "shifted_linspace",
+    "egrpo": "shifted_linspace",
+    "g2rpo": "shifted_linspace",
+    "flowgrpo": "flow_match_euler",
+    "densegrpo": "flow_match_euler",
+}
+
+
+@pytest.mark.parametrize("method", config_options("method"))
+def test_every_method_samples_on_its_official_grid(make_cfg, method):
+    from flowrl.sampling.sigmas import noise_schedule
+
+    cfg = make_cfg(f"method={method}")
+    assert cfg.method.sigma_grid == METHOD_SIGMA_GRIDS[method]
+    sched = instantiate(cfg.method.step_scheduler)
+    expected = noise_schedule(cfg.method.num_steps, cfg.method.shift, METHOD_SIGMA_GRIDS[method]).tolist()
+    assert list(sched.plan(0).sigmas) == expected
+
+
+def test_the_config_check_imports_no_diffusers(tmp_path):
+    # The fail-fast checks build the step scheduler on a stand-in grid of the same length: the
+    # official SD3 grid needs diffusers (~3 s to import), which only the run itself imports.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from flowrl.config.compose import compose\n"
+        "from flowrl.config.schema import check_config\n"
+        f"check_config(compose(['method=flowgrpo', 'paths.output_dir={tmp_path}']))\n"
+        "check_config(compose(['method=densegrpo', 'method.num_steps=7', 'paths.output_dir=" + str(tmp_path) + "']))\n"
+        "print(any(m == 'diffusers' or m.startswith('diffusers.') for m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -127,8 +127,23 @@ def _sgd_step(model, norms: list[float]):
     return step
 
 
-def _official_sigmas(num_steps: int, shift: float) -> torch.Tensor:
-    """sigma = shift*s / (1 + (shift-1)*s), s = linspace(1, 0, T+1) (every official script)."""
+# The methods whose official code samples through flow_grpo's SD3 pipeline (yifan123/flow_grpo
+# flow_grpo/diffusers_patch/sd3_pipeline_with_logprob.py@ac4c86e: retrieve_timesteps on the
+# pipeline's FlowMatchEulerDiscreteScheduler); DenseGRPO builds on it. The others make their grid
+# by hand (sd3_time_shift of a linspace in the FLUX scripts).
+SD3_PIPELINE_METHODS = ("flowgrpo", "densegrpo")
+
+
+def _official_sigmas(method: str, num_steps: int, shift: float) -> torch.Tensor:
+    """The grid the method's official script samples on: the diffusers scheduler's (set_timesteps,
+    SD3.5's config: 1000 train timesteps, shift 3) or sigma = shift*s / (1 + (shift-1)*s),
+    s = linspace(1, 0, T+1)."""
+    if method in SD3_PIPELINE_METHODS:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+        scheduler.set_timesteps(num_steps)
+        return scheduler.sigmas.float()
     s = torch.linspace(1, 0, num_steps + 1)
     return shift * s / (1 + (shift - 1) * s)
 
@@ -185,7 +200,7 @@ class Iteration:
             MAX_BATCH,
             reference_mean=ref_mean if self.loss.kl_beta > 0 else None,
         )
-        self.sigmas = _official_sigmas(self.cfg.num_steps, self.cfg.shift)
+        self.sigmas = _official_sigmas(self.cfg.name, self.cfg.num_steps, self.cfg.shift)
         torch.testing.assert_close(self.ro.sigmas, self.sigmas, rtol=0, atol=1e-6)
 
     @property

@@ -22,6 +22,9 @@ def test_plan_json_dancegrpo(capsys):
     assert out["method"] == "dancegrpo" and out["num_steps"] == 16
     assert out["branches"][0] == {"start": 0, "stop": 1, "sde": "dance", "noise_level": 0.3} and len(out["branches"]) == 16
     assert out["nfe_per_prompt"] == 16 * 12
+    # shift(linspace(1, 0, 17)) as train_grpo_flux.py makes it: sigma_1 = 3 * (15/16) / (1 + 2 * 15/16) = 0.97826
+    assert len(out["sigmas"]) == 17 and out["sigmas"][0] == 1 and out["sigmas"][-1] == 0
+    assert abs(out["sigmas"][1] - 45 / 46) < 1e-6
     # drawn per sample (train_grpo_flux.py), so no fixed indices; one prompt per GPU, a step every
     # 4 of its 12 samples: 3 optimizer steps per iteration
     assert out["trained_step_indices"] is None and out["optimizer_steps_per_iteration"] == 3
@@ -36,6 +39,10 @@ def test_plan_json_flowgrpo_with_override(capsys):
     assert out["same_initial_noise"] is False
     # the first 9 of 10 in order; two optimizer steps per rollout (config/grpo.py)
     assert out["trained_step_indices"] == list(range(9)) and out["optimizer_steps_per_iteration"] == 2
+    # the grid of flow_grpo's SD3 pipeline (diffusers FlowMatchEulerDiscreteScheduler, shift 3;
+    # sd3_pipeline_with_logprob.py@ac4c86e), as issue 19 quotes it
+    expected = [1, 0.9601, 0.9133, 0.8577, 0.7904, 0.7073, 0.6022, 0.4649, 0.2780, 0.0089, 0]
+    assert len(out["sigmas"]) == 11 and all(abs(a - b) < 5e-5 for a, b in zip(out["sigmas"], expected))
 
 
 def test_plan_text(capsys):

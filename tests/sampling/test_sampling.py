@@ -103,6 +103,40 @@ def test_flow_sigmas_rejects_bad_input(num_steps, shift):
 # --------------------------------------------------------------------------- x0 / log-density
 
 
+# --------------------------------------------------------------------------- flow_match_euler grid
+
+
+def test_flow_match_euler_grid_is_flow_grpos_t10():
+    # Flow-GRPO samples on diffusers' FlowMatchEulerDiscreteScheduler (yifan123/flow_grpo
+    # flow_grpo/diffusers_patch/sd3_pipeline_with_logprob.py@ac4c86e: retrieve_timesteps ->
+    # set_timesteps(10), SD3.5's scheduler config: 1000 train timesteps, shift 3). Values read off
+    # the scheduler of the pinned diffusers (requirements.lock) and quoted in issue 19. In closed form:
+    # s = linspace(1, sigma_min, 10) with sigma_min = shift(1/1000) = 0.002994, then shifted again,
+    # so the last sigma before 0 is shift(0.002994) = 3 * 0.002994 / (1 + 2 * 0.002994) = 0.008929.
+    from flowrl.sampling.sigmas import noise_schedule
+
+    expected = [1.0, 0.9601, 0.9133, 0.8577, 0.7904, 0.7073, 0.6022, 0.4649, 0.2780, 0.0089, 0.0]
+    got = noise_schedule(10, 3.0, "flow_match_euler")
+    torch.testing.assert_close(got, torch.tensor(expected), atol=5e-5, rtol=0)
+    assert got[-2].item() == pytest.approx(3 * 0.002994 / (1 + 2 * 0.002994), abs=1e-5)
+    # its last SDE step (a 0.7, sigma 0.0089 -> 0) is nearly noiseless; on shift(linspace) it is not:
+    # std = a * sqrt(sigma / (1 - sigma)) * sqrt(sigma) -> 0.7 * 0.0949 * 0.0945 = 0.0063 vs 0.7 * 0.5164 * 0.5590 = 0.202
+    for grid, std in (("flow_match_euler", 0.0063), ("shifted_linspace", 0.2021)):
+        sig = noise_schedule(10, 3.0, grid).tolist()
+        out = sde_step(scalar(0.0), scalar(0.0), sig[-2], sig[-1], 0.7, noise=scalar(0.0), sigma_max=sig[1])
+        assert out.std.item() == pytest.approx(std, abs=1e-4), grid
+
+
+def test_shifted_linspace_grid_is_flow_sigmas_and_names_are_checked():
+    from flowrl.config.schema import SigmaGrid
+    from flowrl.sampling.sigmas import SIGMA_GRIDS, noise_schedule
+
+    assert noise_schedule(16, 3.0, "shifted_linspace").tolist() == flow_sigmas(16, 3.0).tolist()
+    assert SigmaGrid.__args__ == SIGMA_GRIDS  # the schema's copy (it imports no torch)
+    with pytest.raises(ValueError, match="sigma_grid must be one of"):
+        noise_schedule(10, 3.0, "karras")
+
+
 def test_predict_x0_hand_value():
     # x0_hat = x - sigma*v: 1 - 0.5*0.5 = 0.75 and -2 - 0.25*4 = -3.
     x = torch.tensor([[1.0], [-2.0]])

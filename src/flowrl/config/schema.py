@@ -23,6 +23,13 @@ PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+# flowrl.sampling.sigmas.SIGMA_GRIDS, spelt out here: the schema imports no torch (a test keeps them equal)
+SigmaGrid = Literal["shifted_linspace", "flow_match_euler"]
+# What the config check builds a step scheduler on: a grid of the same length is enough to lay out
+# a plan (its values never decide whether it can run), and it needs no diffusers import (~3 s).
+CHECK_SIGMA_GRID = "shifted_linspace"
+
+
 class _Open(BaseModel):
     """A group whose options add keys of their own: unknown keys are allowed, known ones checked."""
 
@@ -77,6 +84,7 @@ class MethodSchema(_Open):
     name: str
     num_steps: PosInt
     shift: PosFloat
+    sigma_grid: SigmaGrid = "shifted_linspace"
     group_size: Annotated[int, Field(ge=2, description="a group-relative advantage needs a group")]
     noise_level: NonNegFloat
     clip_eps: PosFloat
@@ -317,13 +325,14 @@ def check_method_knobs(cfg) -> None:
 
 def check_step_scheduler(cfg) -> None:
     """The method's step scheduler built, and the first plan's update laid out for
-    train.prompts_per_step prompts: its own checks (cheap: no model) as one line."""
+    train.prompts_per_step prompts: its own checks (cheap: no model) as one line. Built on the
+    CHECK_SIGMA_GRID stand-in of the method's grid (same T): the run builds the real one."""
     from hydra.utils import instantiate
 
     from flowrl.config.errors import UserFacingError
 
     try:
-        sched = instantiate(cfg.method.step_scheduler)
+        sched = instantiate(cfg.method.step_scheduler, sigma_grid=CHECK_SIGMA_GRID)
         sched.plan(0).optimizer_steps(cfg.train.prompts_per_step)
     except Exception as err:
         cause = err

@@ -396,6 +396,7 @@ class StepPlan:
         return {
             "method": self.method,
             "num_steps": self.num_steps,
+            "sigmas": list(self.sigmas),
             "group_size": self.group_size,
             "trajectory": self.trajectory,
             "same_initial_noise": self.same_initial_noise,

@@ -80,8 +80,9 @@ class SDETrajectories(StepScheduler):
         adv_clip: float = 5.0,
         method: str = "dancegrpo",
         multi_reward: str = "combined",
+        sigma_grid: str = "shifted_linspace",
     ):
-        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method)
+        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method, sigma_grid)
         if not 0 < timestep_fraction <= 1:
             raise ValueError(f"timestep_fraction must be in (0, 1], got {timestep_fraction}")
         if timestep_selection not in SELECTIONS:

@@ -66,7 +66,8 @@ def check_distinct(key: str, values: list | None) -> None:
 class StepScheduler(ABC):
     """A GRPO variant's plan of SDE/ODE steps, branches, groups, trained steps and optimizer steps.
 
-    Subclasses implement `plan()` and `normalize()`. The generic parts: the noise schedule, the
+    Subclasses implement `plan()` and `normalize()`. The generic parts: the noise schedule (T + 1
+    sigmas of the grid `sigma_grid` names, flowrl.sampling.sigmas: the method's official one), the
     group statistics (std estimator and eps), clamping, and multiple rewards: "combined"
     normalises the reward model's combined score (reward=multi: its weighted sum), "sum_advantages"
     normalises each part and adds the advantages unweighted (G²RPO's hps_clip script),
@@ -99,6 +100,7 @@ class StepScheduler(ABC):
         std_unbiased: bool = True,
         std_eps: float = 1e-8,
         method: str | None = None,
+        sigma_grid: str = "shifted_linspace",
     ):
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -108,12 +110,13 @@ class StepScheduler(ABC):
             raise ValueError(f"multi_reward must be one of {MULTI_REWARD}, got {multi_reward!r}")
         if adv_clip <= 0 or std_eps < 0:
             raise ValueError(f"adv_clip must be > 0 and std_eps >= 0, got {adv_clip}, {std_eps}")
-        from flowrl.sampling.sigmas import flow_sigmas
+        from flowrl.sampling.sigmas import noise_schedule
 
         self.num_steps = int(num_steps)
         self.group_size = int(group_size)
         self.shift = float(shift)
-        self.sigmas = tuple(flow_sigmas(self.num_steps, self.shift).tolist())
+        self.sigma_grid = sigma_grid
+        self.sigmas = tuple(noise_schedule(self.num_steps, self.shift, sigma_grid).tolist())
         self.adv_clip = float(adv_clip)
         self.multi_reward = multi_reward
         self.std_unbiased = bool(std_unbiased)

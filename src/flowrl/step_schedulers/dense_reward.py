@@ -14,6 +14,9 @@ calibrated. DenseGRPO has no public code; this follows the paper, and Flow-GRPO'
   A_i  = (dR_i - mean_G) / (std_G + 1e-4)   per timestep within the prompt's group (Eq. 10; the
                                             population std + 1e-4 of flow_grpo's stat tracker)
 
+The sigma grid is Flow-GRPO's (the SD3 pipeline's FlowMatchEulerDiscreteScheduler, method.sigma_grid),
+so the initial psi and every completion grid are taken on it.
+
 Completions use the remaining schedule (dense_horizon null: the paper's n = t), or n evenly
 spaced points of it (dense_horizon n, the paper's cheaper variant; the spacing is our choice).
 
@@ -122,6 +125,7 @@ class DenseRewardStepScheduler(SDETrajectories):
         adv_clip: float = 5.0,
         multi_reward: str = "combined",
         method: str = "densegrpo",
+        sigma_grid: str = "shifted_linspace",
     ):
         super().__init__(
             num_steps=num_steps,
@@ -142,6 +146,7 @@ class DenseRewardStepScheduler(SDETrajectories):
             adv_clip=adv_clip,
             method=method,
             multi_reward=multi_reward,
+            sigma_grid=sigma_grid,
         )
         if dense_horizon is not None and dense_horizon < 1:
             raise ValueError(f"dense_horizon must be >= 1 or null, got {dense_horizon}")

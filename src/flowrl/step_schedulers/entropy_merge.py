@@ -124,8 +124,9 @@ class EntropyMergeStepScheduler(StepScheduler):
         std_unbiased: bool = True,
         std_eps: float = 1e-8,
         method: str = "egrpo",
+        sigma_grid: str = "shifted_linspace",
     ):
-        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method)
+        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method, sigma_grid)
         if not 1 <= num_branch_steps <= num_steps:
             raise ValueError(f"num_branch_steps must be in [1, num_steps={num_steps}], got {num_branch_steps}")
         if merge not in ("adaptive", "fixed"):

@@ -102,8 +102,9 @@ class SlidingWindowStepScheduler(StepScheduler):
         std_unbiased: bool = True,
         std_eps: float = 1e-8,
         method: str = "mixgrpo",
+        sigma_grid: str = "shifted_linspace",
     ):
-        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method)
+        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method, sigma_grid)
         self.max_timesteps = int(num_steps - 2 if max_timesteps is None else max_timesteps)
         if not 1 <= self.max_timesteps <= num_steps:
             raise ValueError(f"max_timesteps must be in [1, num_steps={num_steps}], got {self.max_timesteps}")

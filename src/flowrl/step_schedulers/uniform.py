@@ -1,8 +1,6 @@
 """Follows XueZeyue/DanceGRPO fastvideo/train_grpo_flux.py@15cc71d (method=dancegrpo) and
 yifan123/flow_grpo scripts/train_sd3.py, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py@ac4c86e
 (method=flowgrpo); deviations:
-- both sample on shift(linspace(1, 0, T+1)); flow_grpo samples on the diffusers SD3 pipeline's
-  grid (FlowMatchEulerDiscreteScheduler.set_timesteps), whose last SDE step is nearly noiseless;
 - DanceGRPO's per-sample trained steps come from the run's seeded generator (the script draws
   them from torch's global RNG), so a resumed run draws the same ones;
 - the official per-GPU batches are emulated ranks of one process (`prompts_per_rank`);
@@ -16,6 +14,7 @@ code where the paper is silent:
 
 | | DanceGRPO (`fastvideo/train_grpo_flux.py`) | Flow-GRPO (`scripts/train_sd3.py`) |
 |---|---|---|
+| sigma grid | shift(linspace(1, 0, T+1)) (`sd3_time_shift`) | the SD3 pipeline's FlowMatchEulerDiscreteScheduler (`sigma_grid: flow_match_euler`): last sigma 0.0089 at T 10 |
 | step | DanceGRPO step, eta 0.3 | Flow-GRPO SDE (or CPS), a 0.7 |
 | initial noise | the same for the G samples of a group | independent |
 | trained steps | per sample, a random int((T-1)*0.6) of the first T-1 | the first int(T*0.99) in order |
