@@ -19,9 +19,22 @@ import torch.nn.functional as F
 from flowrl.rewards.base import RewardModel
 from flowrl.rewards.loading import CheckpointFormatError, describe_mismatch, in_batches, resolve_device, resolve_dtype
 
-TINY_CLIP_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_clip"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TINY_CLIP_DIR = ASSETS / "tiny_clip"
 TINY_CLIP_ARCH = TINY_CLIP_DIR / "flowrl-tiny-clip.json"
 TINY_CLIP_WEIGHTS = TINY_CLIP_DIR / "flowrl-tiny-clip.safetensors"
+# The same architecture trained on flowrl.data.geneval (48 px). Its own file stem: open_clip
+# registers a config JSON under its stem, so two worlds' files of one name would shadow each other.
+TINY_CLIP_GENEVAL_DIR = ASSETS / "tiny_clip_geneval"
+TINY_CLIP_FILES: dict[str, tuple[Path, Path]] = {
+    "shapes": (TINY_CLIP_ARCH, TINY_CLIP_WEIGHTS),
+    "geneval": (
+        TINY_CLIP_GENEVAL_DIR / "flowrl-tiny-clip-geneval.json",
+        TINY_CLIP_GENEVAL_DIR / "flowrl-tiny-clip-geneval.safetensors",
+    ),
+}
+# The reward's name per world: the key of its component scores (and of the reward=<option> yaml).
+TINY_CLIP_NAMES = {"shapes": "tiny_clip", "geneval": "geneval_clip"}
 # CLIP's normalisation (open_clip OPENAI_DATASET_MEAN / STD); a config's preprocess_cfg wins.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -171,29 +184,49 @@ SIZE_MISMATCH = re.compile(
 
 
 class TinyClipReward(OpenClipReward):
-    """`tiny_clip`: the shipped open_clip model trained on the synthetic shapes set
-    (python -m flowrl.rewards.train_tiny_clip). A learned, hackable proxy of `shapes`."""
+    """The shipped tiny open_clip models (python -m flowrl.rewards.train_tiny_clip --world W), a
+    learned, hackable proxy of a world's rule reward. world "shapes": `tiny_clip`, proxy of
+    `shapes` (assets/tiny_clip); world "geneval": `geneval_clip`, proxy of `geneval`
+    (assets/tiny_clip_geneval). An explicit checkpoint / arch wins over the world's files."""
 
     name = "tiny_clip"
 
-    def __init__(self, checkpoint: str | Path | None = None, arch: str | Path | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        arch: str | Path | None = None,
+        device: str = "cpu",
+        world: str = "shapes",
+    ):
+        if world not in TINY_CLIP_FILES:
+            raise ValueError(f"tiny_clip world must be one of {sorted(TINY_CLIP_FILES)}, got {world!r}")
+        self.name = TINY_CLIP_NAMES[world]  # set first: the loader's error messages name the reward
+        self.world = world
+        default_arch, default_weights = TINY_CLIP_FILES[world]
+        command = "python -m flowrl.rewards.train_tiny_clip" + ("" if world == "shapes" else f" --world {world}")
         super().__init__(
-            arch or TINY_CLIP_ARCH,
-            checkpoint or TINY_CLIP_WEIGHTS,
+            arch or default_arch,
+            checkpoint or default_weights,
             device=device,
-            source_hint="regenerate it with `python -m flowrl.rewards.train_tiny_clip`",
+            source_hint=f"regenerate it with `{command}`",
         )
 
 
-def tiny_clip_config() -> dict:
-    """The tiny open_clip architecture (written next to the weights as an open_clip model config)."""
+def tiny_clip_config(world: str = "shapes") -> dict:
+    """The tiny open_clip architecture (written next to the weights as an open_clip model config).
+    geneval: the same model at the world's 48 px, with 6 px patches (64 tokens, as at 32 px / 4 px)."""
+    vision = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 4}
+    if world == "geneval":
+        vision |= {"image_size": 48, "patch_size": 6}
+    elif world != "shapes":
+        raise ValueError(f"tiny_clip world must be one of {sorted(TINY_CLIP_FILES)}, got {world!r}")
     return {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 4},
+        "vision_cfg": vision,
         "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
 
 
-def write_tiny_clip_config(path: Path) -> None:
+def write_tiny_clip_config(path: Path, world: str = "shapes") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(tiny_clip_config(), indent=2) + "\n")
+    path.write_text(json.dumps(tiny_clip_config(world), indent=2) + "\n")
