@@ -485,3 +485,58 @@ def test_compiled_transformer_matches_eager_and_saves(flux_dir, flux, tmp_path):
     model.save_pretrained(tmp_path)  # compiled in place: same state-dict keys, same LoRA file
     resumed = _load("flux", flux_dir, lora_weights=str(tmp_path)).eval()
     assert len(resumed.trainable_parameters()) == len(model.trainable_parameters())
+
+
+# --- Flow-GRPO's SD3.5 settings (yifan123/flow_grpo scripts/train_sd3.py@ac4c86e) -------------------
+def _sd35_yaml_model(make_cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(make_cfg("model=sd35_medium").model, resolve=True)
+
+
+def test_sd35_lora_adapts_flow_grpos_8_modules_with_gaussian_init(sd3_dir, make_cfg):
+    # train_sd3.py's LoraConfig: r 32, alpha 64, init "gaussian", targets attn.{to_q, to_k, to_v,
+    # to_out.0, add_q_proj, add_k_proj, add_v_proj, to_add_out}. The tiny SD3 has 2 joint blocks, the
+    # first an MMDiT-X block (dual attention: an image-only attn2) and the last context_pre_only (its
+    # attn has add_*_proj but no to_add_out): 8 + 7 = 15 adapted modules, none in attn2.
+    # (SD3.5-Medium, 24 blocks, the last context_pre_only: 23 * 8 + 7 = 191.)
+    opts = _sd35_yaml_model(make_cfg)
+    assert opts["lora"]["init"] == "gaussian" and (opts["lora"]["rank"], opts["lora"]["alpha"]) == (32, 64)
+    model = _load("sd3", sd3_dir, lora=opts["lora"]).eval()
+    adapted = sorted(
+        n.removesuffix(".lora_A.default") for n, _ in model.transformer.named_modules() if n.endswith(".lora_A.default")
+    )
+    assert len(adapted) == 15, adapted
+    suffixes = {n.split(".attn.")[-1] for n in adapted}
+    assert suffixes == {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
+    assert all(".attn." in n and ".attn2." not in n for n in adapted)
+    assert sum(n.endswith("to_add_out") for n in adapted) == 1  # the last block has none
+    # gaussian init: B = 0, so the adapted model starts at the base model (ratio 1 at the first step)
+    b = [p for n, p in model.transformer.named_parameters() if ".lora_B." in n]
+    assert b and all(torch.count_nonzero(p) == 0 for p in b)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_sd3_cfg_detach_uncond_switch(sd3_dir, make_cfg, detach):
+    # train_sd3.py@ac4c86e compute_log_prob: v = v_u.detach() + s (v_c - v_u.detach()), so the
+    # gradient of sum(v) is s * d sum(v_c); without the detach (fc412d2) it is s * d v_c + (1 - s) * d v_u.
+    # The default (model=sd35_medium) is the detach; values are the same either way.
+    assert _sd35_yaml_model(make_cfg)["cfg_detach_uncond"] is True
+    s = 4.5
+    lora = {"rank": 2, "alpha": 4}
+    x = torch.randn(2, *_load("sd3", sd3_dir).latent_shape, generator=torch.Generator().manual_seed(3))
+
+    def grads(guidance, prompts, detach_uncond):
+        model = _load("sd3", sd3_dir, lora=lora, guidance_scale=guidance, cfg_detach_uncond=detach_uncond).train()
+        _randomize_lora(model)
+        v = model.velocity(x, 0.5, model.encode_prompts(prompts))
+        v.sum().backward()
+        return v.detach(), torch.cat([p.grad.flatten() for p in model.trainable_parameters()])
+
+    v_cfg, g_cfg = grads(s, PROMPTS, detach)
+    _, g_cond = grads(1.0, PROMPTS, detach)  # no CFG: the conditional branch alone
+    _, g_uncond = grads(1.0, ["", ""], detach)  # the empty prompt: the unconditional branch alone
+    expected = s * g_cond if detach else s * g_cond + (1 - s) * g_uncond
+    torch.testing.assert_close(g_cfg, expected, atol=1e-4, rtol=1e-3)
+    v_other, _ = grads(s, PROMPTS, not detach)
+    torch.testing.assert_close(v_cfg, v_other)  # the switch moves no value

@@ -14,6 +14,11 @@ Conventions (checked against StableDiffusion3Pipeline by tests/models/test_real_
   v_uncond + s * (v_cond - v_uncond), the unconditional branch on the empty prompt. Each velocity
   call then runs the transformer on 2B rows (both branches in one forward): count it when sizing
   `train.max_batch`. guidance_scale 1 = no CFG, one row per sample.
+- `cfg_detach_uncond` (default true): the unconditional prediction is detached, so a training
+  forward's gradient flows through the conditional branch only, as yifan123/flow_grpo
+  scripts/train_sd3.py@ac4c86e `compute_log_prob` does (the detach came in 2d76907; the first
+  commits, 39d3d2c and fc412d2, let the gradient through both: cfg_detach_uncond=false). It changes
+  no value (rollout and reference run without grad), only the policy gradient.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ NEGATIVE_PROMPT = ""
 class SD3Model(DiffusersFlowModel):
     pipeline_class = "StableDiffusion3Pipeline"
 
-    def __init__(self, *args, guidance_scale: float = 4.5, **kwargs):
+    def __init__(self, *args, guidance_scale: float = 4.5, cfg_detach_uncond: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.guidance_scale = guidance_scale
+        self.cfg_detach_uncond = cfg_detach_uncond
         self._negative: PromptEmbeds | None = None  # the empty prompt's embeddings, [1, ...]
 
     @property
@@ -79,6 +85,8 @@ class SD3Model(DiffusersFlowModel):
         v = self.pack(out)
         if self.do_cfg:
             v_uncond, v_cond = v.chunk(2)
+            if self.cfg_detach_uncond:
+                v_uncond = v_uncond.detach()
             v = v_uncond + self.guidance_scale * (v_cond - v_uncond)
         return v.to(x_t.dtype)
 
@@ -129,6 +137,7 @@ def load_sd3(
     height: int = 512,
     width: int = 512,
     guidance_scale: float = 4.5,
+    cfg_detach_uncond: bool = True,
     max_sequence_length: int = 256,
     lora=None,
     lora_weights: str | None = None,
@@ -144,5 +153,7 @@ def load_sd3(
     root = check_sd3(path)
     from diffusers import SD3Transformer2DModel
 
-    opts = {k: v for k, v in locals().items() if k not in ("path", "root")}
-    return build_model(SD3Model, SD3Transformer2DModel, root, _text_encoders, opts, "StableDiffusion3Pipeline")
+    opts = {k: v for k, v in locals().items() if k not in ("path", "root", "cfg_detach_uncond")}
+    model = build_model(SD3Model, SD3Transformer2DModel, root, _text_encoders, opts, "StableDiffusion3Pipeline")
+    model.cfg_detach_uncond = bool(cfg_detach_uncond)
+    return model
