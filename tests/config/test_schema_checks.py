@@ -76,3 +76,45 @@ def test_the_checks_run_inside_a_running_hydra_app(make_cfg):
     _top_level_keys.cache_clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         check_config(cfg)
+
+
+# A method's lr comes with the fine-tune kind it was tuned for (method.lrs, each with its source):
+# DanceGRPO's full fine-tune 1e-5 (scripts/finetune/finetune_flux_grpo.sh@15cc71d) vs its LoRA 3e-4
+# (finetune_flux_grpo_8gpus_lora.sh); MixGRPO gives only a full fine-tune's (finetune_flux_grpo_MixGRPO.sh@e5cdd6a).
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (
+            ["method=dancegrpo", "model=flux_dev"],
+            "method.lr=1e-05: dancegrpo's full fine-tune lr (method.lrs.full), but this run is a LoRA (model.lora): "
+            "use method.lr=0.0003 (method.lrs.lora), or model.lora=null",
+        ),
+        (["method=mixgrpo", "model=flux_dev"], "method.lr=1e-05: mixgrpo's full fine-tune lr (method.lrs.full)"),
+        (["method=egrpo", "model=flux_dev"], "use an lr of your own (method.lr=...; its sources give none for a LoRA)"),
+        (["method=flowgrpo", "model=sd35_medium", "model.lora=null"], "method.lr=0.0003: flowgrpo's LoRA lr"),
+    ],
+)
+def test_an_lr_tuned_for_the_other_finetune_kind_is_refused(make_cfg, overrides, line):
+    from flowrl.config.schema import check_lr_finetune
+
+    with pytest.raises(ConfigError) as err:
+        check_lr_finetune(make_cfg(*overrides))
+    assert line in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=dancegrpo", "model=flux_dev", "method.lr=${method.lrs.lora}"],  # the fix the line names
+        ["method=dancegrpo", "model=flux_dev", "model.lora=null"],
+        ["method=mixgrpo", "model=flux_dev", "method.lr=1e-4"],  # an lr of one's own is taken as given
+        ["experiment=dancegrpo_flux_hps"],
+        ["experiment=egrpo_flux_hps"],
+        ["experiment=densegrpo_sd35_pickscore"],
+        ["method=flowgrpo"],  # the tiny model: train.check_lr_finetune false
+    ],
+)
+def test_an_lr_of_the_runs_finetune_kind_passes(make_cfg, overrides):
+    from flowrl.config.schema import check_lr_finetune
+
+    check_lr_finetune(make_cfg(*overrides))

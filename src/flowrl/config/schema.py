@@ -48,6 +48,7 @@ class TrainSchema(_Closed):
     max_batch: PosInt
     grad_clip: NonNegFloat
     lr_scale: PosFloat
+    check_lr_finetune: bool = True
     weight_decay: NonNegFloat
     checkpoint_every: NonNegInt
     keep_checkpoints: PosInt
@@ -93,6 +94,7 @@ class MethodSchema(_Open):
     kl_form: Literal["official", "transition"] | None = None
     multi_reward: Literal["combined", "sum_advantages", "weighted_sum_advantages"] | None = None
     lr: PosFloat
+    lrs: dict[Literal["full", "lora"], PosFloat | None] | None = None
     ema: EmaSchema | None = None
     step_scheduler: dict[str, Any]
 
@@ -269,6 +271,7 @@ def check_config(cfg) -> None:
     if truth not in (None, "auto") and evals is not None and truth not in evals:
         raise ConfigError("ground_truth", truth, f"auto or one of the eval rewards ({', '.join(evals)})")
     if cfg.get("method") is not None:
+        check_lr_finetune(cfg)
         check_method_knobs(cfg)
         check_step_scheduler(cfg)
 
@@ -283,6 +286,40 @@ def check_model_files(cfg) -> None:
     check = CHECKS.get(target.rsplit(".", 1)[0]) if target else None
     if check is not None:
         check(model.get("path"))
+
+
+FINETUNE_KINDS = {"full": "full fine-tune", "lora": "LoRA"}
+
+
+def check_lr_finetune(cfg) -> None:
+    """A method's lr is tuned for one kind of fine-tune: `method.lrs` holds each kind's lr as its
+    sources give it (null: none given). A run whose method.lr is the other kind's lr (method=dancegrpo,
+    full fine-tune 1e-5, with model=flux_dev's LoRA) is refused in one line naming the fix. An lr of
+    one's own (neither value) is taken as given; `train.check_lr_finetune: false` turns the check off
+    (the tiny model, on which only the methods' ratios of lr mean anything)."""
+    from flowrl.config.errors import ConfigError
+
+    method, train, model = cfg.method, cfg.get("train") or {}, cfg.get("model") or {}
+    lrs = method.get("lrs")
+    if lrs is None or not train.get("check_lr_finetune", True):
+        return
+    kind = "lora" if model.get("lora") or model.get("lora_weights") else "full"
+    other = "full" if kind == "lora" else "lora"
+    lr = method.lr
+    if lr == lrs.get(kind) or lrs.get(other) is None or lr != lrs.get(other):
+        return
+    fix = (
+        f"method.lr={lrs[kind]:g} (method.lrs.{kind})"
+        if lrs.get(kind) is not None
+        else f"an lr of your own (method.lr=...; its sources give none for a {FINETUNE_KINDS[kind]})"
+    )
+    switch = "model.lora=null" if kind == "lora" else "a model.lora={rank,alpha,target_modules}"
+    raise ConfigError(
+        "method.lr",
+        f"{lr:g}",
+        f"{method.name}'s {FINETUNE_KINDS[other]} lr (method.lrs.{other}), but this run is a "
+        f"{FINETUNE_KINDS[kind]} (model.lora): use {fix}, or {switch}",
+    )
 
 
 def check_method_knobs(cfg) -> None:
