@@ -53,35 +53,35 @@ def test_world_sizes_and_prompt_length():
 
 
 def test_prompt_texts():
-    assert Spec("single_object", (Obj("circle"),)).prompt == "a circle"
-    assert Spec("two_object", (Obj("circle"), Obj("square"))).prompt == "a circle and a square"
-    assert Spec("counting", (Obj("triangle", "green", 3),)).prompt == "three green triangles"
-    assert Spec("counting", (Obj("triangle", "green", 1),)).prompt == "one green triangle"
+    assert Spec("single_object", (Obj("bar"),)).prompt == "a bar"
+    assert Spec("two_object", (Obj("bar"), Obj("square"))).prompt == "a bar and a square"
+    assert Spec("counting", (Obj("pillar", "green", 3),)).prompt == "three green pillars"
+    assert Spec("counting", (Obj("pillar", "green", 1),)).prompt == "one green pillar"
     assert Spec("colors", (Obj("square", "purple"),)).prompt == "a purple square"
-    pos = Spec("position", (Obj("circle", "red"), Obj("square", "blue")), "left of")
-    assert pos.prompt == "a red circle left of a blue square"
-    assert Spec("color_attr", (Obj("circle", "red"), Obj("square", "blue"))).prompt == "a red circle and a blue square"
+    pos = Spec("position", (Obj("bar", "red"), Obj("square", "blue")), "left of")
+    assert pos.prompt == "a red bar left of a blue square"
+    assert Spec("color_attr", (Obj("bar", "red"), Obj("square", "blue"))).prompt == "a red bar and a blue square"
 
 
 def test_parse_inverts_prompt_for_every_spec():
     for spec in all_specs():
         assert parse(spec.prompt) == spec
-    assert parse("  Three GREEN triangles ") == Spec("counting", (Obj("triangle", "green", 3),))
+    assert parse("  Three GREEN pillars ") == Spec("counting", (Obj("pillar", "green", 3),))
 
 
 @pytest.mark.parametrize(
     "prompt",
     [
         "a photo of a cat",
-        "a pink circle",  # unknown colour
-        "two red circle",  # a count above one takes the plural
-        "one red circles",
-        "five red circles",
-        "a circle and a circle",  # two_object names two different shapes
-        "a red circle and a red square",  # color_attr names two different colours
-        "a red circle left of a blue circle",  # position names two different shapes
-        "a red circle near a blue square",
-        "a red circle on a blue background",  # the shapes world's grammar
+        "a pink bar",  # unknown colour
+        "two red bar",  # a count above one takes the plural
+        "one red bars",
+        "five red bars",
+        "a bar and a bar",  # two_object names two different shapes
+        "a red bar and a red square",  # color_attr names two different colours
+        "a red bar left of a blue bar",  # position names two different shapes
+        "a red bar near a blue square",
+        "a red bar on a blue background",  # the shapes world's grammar
         "",
     ],
 )
@@ -92,13 +92,13 @@ def test_parse_rejects_text_outside_the_grammar(prompt):
 
 def test_spec_checks_its_category():
     with pytest.raises(ValueError, match="count 5"):
-        Spec("counting", (Obj("circle", "red", 5),))
+        Spec("counting", (Obj("bar", "red", 5),))
     with pytest.raises(ValueError, match="colour"):
-        Spec("single_object", (Obj("circle", "red"),))
+        Spec("single_object", (Obj("bar", "red"),))
     with pytest.raises(ValueError, match="relation"):
-        Spec("color_attr", (Obj("circle", "red"), Obj("square", "blue")), "above")
+        Spec("color_attr", (Obj("bar", "red"), Obj("square", "blue")), "above")
     with pytest.raises(ValueError, match="unknown category"):
-        Spec("spatial", (Obj("circle"),))
+        Spec("spatial", (Obj("bar"),))
 
 
 def test_splits_partition_the_world():
@@ -217,15 +217,15 @@ def test_layout_separates_objects_and_keeps_the_relation():
             _check_layout(layout(spec.objects, rng, size, spec.relation), n, size, spec.relation)
     # the deterministic layout after `attempts` rejections keeps the same constraints
     for n in range(1, 6):
-        _check_layout(layout([Obj("circle", "red", n)], rng, 32, attempts=0), n, 32)
+        _check_layout(layout([Obj("bar", "red", n)], rng, 32, attempts=0), n, 32)
     for rel in RELATIONS:
-        _check_layout(layout([Obj("circle", "red"), Obj("square", "blue")], rng, 48, rel, attempts=0), 2, 48, rel)
+        _check_layout(layout([Obj("bar", "red"), Obj("square", "blue")], rng, 48, rel, attempts=0), 2, 48, rel)
     with pytest.raises(ValueError, match="do not fit"):  # 3 x 3 slots of 8 px shapes at 32 px
-        layout([Obj("circle", "red", 10)], rng, 32, attempts=0)
+        layout([Obj("bar", "red", 10)], rng, 32, attempts=0)
 
 
 def test_satisfies_is_strict_and_mirrored():
-    a, b = g.Placed("circle", "red", 10, 24, 5), g.Placed("square", "blue", 30, 28, 5)
+    a, b = g.Placed("bar", "red", 10, 24, 5), g.Placed("square", "blue", 30, 28, 5)
     assert satisfies(a, b, "left of") and satisfies(b, a, "right of")
     assert not satisfies(a, b, "right of") and not satisfies(a, b, "above") and not satisfies(a, b, "below")
     assert not satisfies(a, g.Placed("square", "blue", 22, 24, 5), "left of")  # boxes closer than GAP
@@ -235,7 +235,7 @@ def test_satisfies_is_strict_and_mirrored():
 def test_colour_free_objects_get_random_colours():
     seen = Counter()
     for seed in range(60):
-        seen.update(p.color for p in layout([Obj("circle"), Obj("square")], random.Random(seed)))
+        seen.update(p.color for p in layout([Obj("bar"), Obj("square")], random.Random(seed)))
     assert set(seen) == set(COLORS)
 
 

@@ -127,11 +127,11 @@ def test_one_decoy_of_another_colour_breaks_colour_checks():
     # stricter than GenEval's top-1 box: every object of the named shape must have the named colour
     rng = random.Random(1)
     cases = [
-        (Spec("counting", (Obj("triangle", "green", 3),)), [Obj("triangle", "green", 2), Obj("triangle", "red")]),
+        (Spec("counting", (Obj("pillar", "green", 3),)), [Obj("pillar", "green", 2), Obj("pillar", "red")]),
         (Spec("colors", (Obj("square", "purple"),)), [Obj("square", "purple"), Obj("square", "red")]),
         (
-            Spec("color_attr", (Obj("circle", "red"), Obj("square", "blue"))),
-            [Obj("circle", "red"), Obj("square", "blue"), Obj("circle", "white")],
+            Spec("color_attr", (Obj("bar", "red"), Obj("square", "blue"))),
+            [Obj("bar", "red"), Obj("square", "blue"), Obj("bar", "white")],
         ),
     ]
     _assert_all(_score([render_objects(o, rng) for _, o in cases], [s for s, _ in cases]), [s for s, _ in cases], 0.0)
@@ -141,13 +141,13 @@ def test_objects_the_prompt_does_not_name_are_ignored():
     # GenEval's checks name classes: an extra object of another shape breaks no check
     rng = random.Random(2)
     cases = [
-        (Spec("single_object", (Obj("circle"),)), [Obj("circle", "red"), Obj("square", "blue")]),
+        (Spec("single_object", (Obj("bar"),)), [Obj("bar", "red"), Obj("square", "blue")]),
         (
-            Spec("two_object", (Obj("circle"), Obj("square"))),
-            [Obj("circle", "red"), Obj("square", "red"), Obj("triangle", "blue")],
+            Spec("two_object", (Obj("bar"), Obj("square"))),
+            [Obj("bar", "red"), Obj("square", "red"), Obj("pillar", "blue")],
         ),
-        (Spec("counting", (Obj("triangle", "green", 2),)), [Obj("triangle", "green", 2), Obj("circle", "green")]),
-        (Spec("colors", (Obj("square", "purple"),)), [Obj("square", "purple"), Obj("circle", "red")]),
+        (Spec("counting", (Obj("pillar", "green", 2),)), [Obj("pillar", "green", 2), Obj("bar", "green")]),
+        (Spec("colors", (Obj("square", "purple"),)), [Obj("square", "purple"), Obj("bar", "red")]),
     ]
     _assert_all(_score([render_objects(o, rng) for _, o in cases], [s for s, _ in cases]), [s for s, _ in cases], 1.0)
 
@@ -163,26 +163,43 @@ def test_specks_below_min_area_are_no_objects():
 
 
 def test_detect_reads_colour_shape_and_box():
-    img = draw([Placed("triangle", "white", 12.0, 30.0, 6.0), Placed("circle", "yellow", 36.0, 12.0, 7.0)])
+    img = draw([Placed("pillar", "white", 12.0, 30.0, 6.0), Placed("bar", "yellow", 36.0, 12.0, 7.0)])
     found = sorted(detect(torch.from_numpy(img)[None])[0], key=lambda d: d.shape)
-    assert [(d.shape, d.color) for d in found] == [("circle", "yellow"), ("triangle", "white")]
-    circle = found[0]
-    assert (circle.x0, circle.y0, circle.x1, circle.y1) == (29, 5, 43, 19)
+    assert [(d.shape, d.color) for d in found] == [("bar", "yellow"), ("pillar", "white")]
+    bar = found[0]
+    assert (bar.x0, bar.y0, bar.x1, bar.y1) == (29, 8, 43, 16)  # 2r x r about (36, 12), pixel centres inside
 
 
 def test_classify_bands():
-    assert classify(1.0, 1.0, 0.0) == "square"
-    assert classify(0.785, 1.0, 0.0) == "circle"
-    assert classify(0.5, 1.0, 0.15) == "triangle"
-    assert classify(0.62, 1.0, 0.15) == "triangle" and classify(0.62, 1.0, 0.0) == "circle"  # the skew decides
-    assert classify(1.0, 2.0, 0.0) is None  # a bar is no square
-    assert classify(0.3, 1.0, 0.0) is None  # a ring/blob of low fill is nothing
-    assert classify(0.5, 1.0, -0.15) is None  # an upside-down triangle is not in the world
+    # aspect = h / w; boundaries at 1/sqrt 2 and sqrt 2 (flowrl.rewards.geneval.ASPECT_SPLIT)
+    assert classify(1.0, 1.0) == "square"
+    assert classify(1.0, 0.5) == "bar" and classify(1.0, 2.0) == "pillar"
+    assert classify(0.6, 0.72) == "square" and classify(0.6, 0.70) == "bar"  # a ragged blob still reads
+    assert classify(0.6, 1.40) == "square" and classify(0.6, 1.42) == "pillar"
+    assert classify(0.45, 1.0) is None  # under MIN_FILL: a scatter or a ring, not a rectangle
+    assert classify(1.0, 0.2) is None and classify(1.0, 5.0) is None  # a line, not an object
+
+
+def test_renderer_rectangles_read_with_margin():
+    # every shape at the smallest half-size, over a grid of sub-pixel centres: fill 1, aspect well
+    # inside its band (the measured ranges quoted in the verifier's docstring)
+    from flowrl.data.geneval import MIN_RADIUS, SHAPES, shape_mask
+
+    for shape in SHAPES:
+        aspects = []
+        for dx in np.linspace(0, 1, 5):
+            for dy in np.linspace(0, 1, 5):
+                for r in (MIN_RADIUS, MIN_RADIUS + 0.5, 6.3):
+                    ys, xs = np.nonzero(shape_mask(shape, 20 + dx, 21 + dy, r, 48))
+                    h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
+                    assert len(ys) == h * w  # a full box
+                    aspects.append(h / w)
+        assert all(classify(1.0, a) == shape for a in aspects), (shape, min(aspects), max(aspects))
 
 
 def test_relations_follow_geneval():
     def box(cx, cy, r=4):
-        return Detection("red", "circle", cx - r, cy - r, cx + r, cy + r)
+        return Detection("red", "bar", cx - r, cy - r, cx + r, cy + r)
 
     assert relations(box(10, 20), box(30, 20)) == {"left of"}
     assert relations(box(30, 20), box(10, 20)) == {"right of"}
@@ -219,7 +236,7 @@ def test_rejects_prompts_outside_the_world(make_cfg):
     reward = instantiate(make_cfg("reward=geneval").reward)
     assert isinstance(reward, GenEvalReward) and reward.name == "geneval" and reward.min_area == 16
     with pytest.raises(ValueError, match="not a prompt of the geneval world"):
-        reward(torch.zeros(1, 3, 48, 48), ["a red circle on a blue background"])
+        reward(torch.zeros(1, 3, 48, 48), ["a red bar on a blue background"])
 
 
 def test_colour_pairs_far_apart():

@@ -3,18 +3,18 @@
 GenEval (Ghosh et al. 2023, "GenEval: An Object-Focused Framework for Evaluating Text-to-Image
 Alignment") scores a text-to-image model with an object detector over six task categories and
 counts a prompt as correct only when every check it implies passes. This module is that
-benchmark's grammar on the synthetic renderer of flowrl.data.shapes (same colour words and RGB
-values, same shape masks), so that the ground truth is a rule, not a detector
+benchmark's grammar on a synthetic renderer (the colour words and RGB values of
+flowrl.data.shapes; three rectangles told apart by aspect: a wide bar, a square, a tall pillar), so that the ground truth is a rule, not a detector
 (flowrl.rewards.geneval is the verifier):
 
   category        prompt                                what must hold (GenEval's metadata)
-  single_object   "a circle"                            >= 1 circle (any colour)
-  two_object      "a circle and a square"               >= 1 circle and >= 1 square
-  counting        "three green triangles"               exactly 3 triangles, all green
+  single_object   "a bar"                            >= 1 bar (any colour)
+  two_object      "a bar and a square"               >= 1 bar and >= 1 square
+  counting        "three green pillars"               exactly 3 pillars, all green
   colors          "a purple square"                     >= 1 square, every square purple
-  position        "a red circle left of a blue square"  the red circles and blue squares exist and
-                                                        each red circle is left of each blue square
-  color_attr      "a red circle and a blue square"      >= 1 circle, all red; >= 1 square, all blue
+  position        "a red bar left of a blue square"  the red bars and blue squares exist and
+                                                        each red bar is left of each blue square
+  color_attr      "a red bar and a blue square"      >= 1 bar, all red; >= 1 square, all blue
 
 As in GenEval, single_object and two_object name no colour (the renderer picks one per object at
 random) and color_attr pairs two different shapes with two different colours; position names two
@@ -23,7 +23,7 @@ and large (see "Splits"): counting and position prompts name colours (GenEval's 
 only), and counting runs from one to four (GenEval's from two: one is its single_object).
 Without colour words the position category would have 24 prompts, counting 12.
 
-Vocabulary: 6 colours (red yellow green blue purple white), 3 shapes (+ plurals), 4 number words,
+Vocabulary: 6 colours (red yellow green blue purple white), 3 shapes (bar, square, pillar; + plurals), 4 number words,
 4 relations (left of, right of, above, below; GenEval's), "a" and "and": 23 words, prompts of at
 most 8 words (the tiny model's max_text_len). 1143 prompts in all (single_object 3, two_object
 6, counting 72, colors 18, position 864, color_attr 180). Position prompts outnumber the rest;
@@ -34,7 +34,7 @@ palette colour to it is green at RGB distance 0.73, the closest pair in the pale
 0.55), flat colours, no antialiasing, so snapping a rendering to the palette recovers it exactly.
 Objects never overlap and keep a gap of GAP px between bounding boxes (so two objects of one
 colour stay two connected components); half-sizes are drawn per object from a range that shrinks
-with the number of objects (1: size/8..size/5, 2: size/10..size/6, 3+: size/12..size/8, never
+with the number of objects (1: size/6..size/4, 2: size/8..size/5, 3+: size/10..size/7, never
 under MIN_RADIUS px), centres uniform over the canvas. A position prompt's first object lies along
 the relation's axis at least rA + rB + GAP px from the second, the other axis offset at most half
 of that, which GenEval's rule (flowrl.rewards.geneval.relations) reads as the relation with a
@@ -62,11 +62,11 @@ every object >= 8 px across, places four at random in every draw we measured (0 
 (TinyFluxConfig(image_size=48, patch_size=4 or 6)).
 
 Splits (held out by composition, not by string): a prompt is held out when it contains any of
-  - a held-out colour-shape binding (HELDOUT_BINDINGS: yellow circle, blue square, white
-    triangle), in any category that names colours;
-  - a held-out count of a shape (HELDOUT_COUNTS: two triangles, three circles, four squares);
-  - a held-out spatial triple (HELDOUT_RELATIONS: circle left of square, square above triangle,
-    triangle right of circle, square below circle);
+  - a held-out colour-shape binding (HELDOUT_BINDINGS: yellow bar, blue square, white
+    pillar), in any category that names colours;
+  - a held-out count of a shape (HELDOUT_COUNTS: two pillars, three bars, four squares);
+  - a held-out spatial triple (HELDOUT_RELATIONS: bar left of square, square above pillar,
+    pillar right of bar, square below bar);
   - a held-out pairing of two bindings in one image (position or color_attr): about one in
     six of the pairings of differently-shaped bindings (`is_heldout_pairing`; 12 of the 75
     pairings of two train bindings).
@@ -89,7 +89,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from flowrl.data.shapes import COLORS, SHAPES, shape_mask
+from flowrl.data.shapes import COLORS
 
 IMAGE_SIZE = 48
 BACKGROUND: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -99,17 +99,23 @@ MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below
 NUMBERS: tuple[str, ...] = ("one", "two", "three", "four")  # NUMBERS[n - 1] names n
 MAX_COUNT = len(NUMBERS)
 GAP = 3.0  # px between any two objects' bounding boxes: >= 1 empty pixel once rasterised
-MIN_RADIUS = 4.0  # px: the smallest half-size at which the verifier's shape features are exact
+MIN_RADIUS = 4.0  # px: the smallest half-size at which the verifier reads the aspect with margin
+# The world's objects, told apart by their bounding box's aspect (height / width) alone, which
+# survives the blocky, ragged blobs a 64-token model draws (circle / square / triangle, told apart
+# by fill and skew, did not: experiments/compositional-world/README.md): half-width x half-height
+# in units of the half-size r.
+SHAPES: tuple[str, ...] = ("bar", "square", "pillar")
+EXTENT: dict[str, tuple[float, float]] = {"bar": (1.0, 0.5), "square": (1.0, 1.0), "pillar": (0.5, 1.0)}
 PLACEMENT_ATTEMPTS = 200  # random layouts tried before the deterministic grid (rarely needed)
 
-HELDOUT_BINDINGS = frozenset({("yellow", "circle"), ("blue", "square"), ("white", "triangle")})
-HELDOUT_COUNTS = frozenset({(2, "triangle"), (3, "circle"), (4, "square")})
+HELDOUT_BINDINGS = frozenset({("yellow", "bar"), ("blue", "square"), ("white", "pillar")})
+HELDOUT_COUNTS = frozenset({(2, "pillar"), (3, "bar"), (4, "square")})
 HELDOUT_RELATIONS = frozenset(
     {
-        ("circle", "left of", "square"),
-        ("square", "above", "triangle"),
-        ("triangle", "right of", "circle"),
-        ("square", "below", "circle"),
+        ("bar", "left of", "square"),
+        ("square", "above", "pillar"),
+        ("pillar", "right of", "bar"),
+        ("square", "below", "bar"),
     }
 )
 
@@ -291,7 +297,7 @@ def parse(prompt: str) -> Spec:
 
 
 def _parse_words(w: list[str]) -> Spec | None:
-    if len(w) == 3 and w[0] in NUMBERS:  # counting: "three green triangles"
+    if len(w) == 3 and w[0] in NUMBERS:  # counting: "three green pillars"
         n = NUMBERS.index(w[0]) + 1
         shape = w[2] if n == 1 else _PLURALS.get(w[2])
         if shape is None:
@@ -327,9 +333,19 @@ class Placed:
     r: float
 
 
+def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Boolean [size, size] mask of an axis-aligned rectangle centred at (cx, cy): half-width and
+    half-height r x EXTENT[shape] (bar 2r x r, square 2r x 2r, pillar r x 2r)."""
+    if shape not in EXTENT:
+        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+    ex, ey = EXTENT[shape]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres
+    return (np.abs(xx - cx) <= r * ex) & (np.abs(yy - cy) <= r * ey)
+
+
 def radius_range(n_objects: int, size: int) -> tuple[float, float]:
     """Half-size range (px) of each object in an image of n_objects: smaller when more share it."""
-    lo, hi = (1 / 8, 1 / 5) if n_objects <= 1 else (1 / 10, 1 / 6) if n_objects == 2 else (1 / 12, 1 / 8)
+    lo, hi = (1 / 6, 1 / 4) if n_objects <= 1 else (1 / 8, 1 / 5) if n_objects == 2 else (1 / 10, 1 / 7)
     lo = max(lo * size, MIN_RADIUS)
     return lo, max(hi * size, lo)
 

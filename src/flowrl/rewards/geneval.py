@@ -10,16 +10,14 @@ are flat palette colours on a black background:
   1. snap every pixel to the nearest of background + palette colours;
   2. objects = 4-connected components of one colour (scipy.ndimage.label, all images and one
      colour per call) of at least `min_area` pixels (smaller ones are specks, not objects);
-  3. shape of a component from its pixels: fill = area / bounding box, aspect = h / w, and
-     skew = (row of the mass centroid - row of the box centre) / h, which is ~0.15 for an
-     apex-up triangle (its mass sits low) and 0 for the symmetric circle and square:
-       square   fill >= 0.96, |skew| <= 0.05
-       circle   0.58 <= fill < 0.96, |skew| <= 0.08
-       triangle 0.45 <= fill <= 0.70, skew >= 0.09
-     and 0.8 <= aspect <= 1.25 for all three; anything else is no object. The renderer's own
-     shapes (half-size >= 4 px at any sub-pixel position) measure square fill 1 skew 0,
-     circle fill 0.60..0.94 |skew| <= 0.05, triangle fill 0.50..0.63 skew 0.12..0.17, aspect
-     0.87..1.15; fill alone cannot part a small circle from a triangle, the skew can;
+  3. shape of a component from its bounding box: aspect = h / w reads a wide bar (< 1/ASPECT_SPLIT),
+     a square, or a tall pillar (> ASPECT_SPLIT = sqrt 2, the geometric midpoint between the
+     renderer's aspects 1/2, 1 and 2); a component filling less than MIN_FILL of its box, or
+     longer than MAX_ELONGATION to 1, is no object. The renderer's own rectangles (half-size >= 4
+     px at any sub-pixel position) measure fill 1 and aspect 0.44..0.63 (bar), 0.89..1.13
+     (square), 1.6..2.25 (pillar). The bands are wide on purpose, like the confidence threshold of
+     GenEval's detector: a ragged blob of about the right proportions counts, so a weak model's
+     drawings earn partial credit for RL to build on;
   4. the category's rule (flowrl.data.geneval's table), with GenEval's relation test on box
      centres (`relations`: POSITION_THRESHOLD = 0.1 of the two boxes' sizes discounted from the
      offset, then a relation holds when its axis carries more than half of the offset).
@@ -48,13 +46,10 @@ PALETTE_NAMES: tuple[str | None, ...] = (None, *COLORS)  # index 0: the backgrou
 POSITION_THRESHOLD = 0.1  # GenEval's evaluate_images.py
 CHUNK = 256  # images per label() call: bounds the [chunk, H, W] int32 label volume
 
-# Shape feature bands (see the module docstring for the renderer's measured ranges).
-SQUARE_FILL = 0.96
-CIRCLE_FILL = (0.58, SQUARE_FILL)
-TRIANGLE_FILL = (0.45, 0.70)
-SYMMETRIC_SKEW = {"square": 0.05, "circle": 0.08}
-TRIANGLE_SKEW = 0.09
-ASPECT = (0.8, 1.25)
+# Shape bands (see the module docstring for the renderer's measured ranges).
+ASPECT_SPLIT = 2**0.5  # bar | square | pillar boundaries at aspect 1/sqrt 2 and sqrt 2
+MIN_FILL = 0.5  # below: a scatter, a ring or an L, not one of the world's filled rectangles
+MAX_ELONGATION = 4.0  # beyond 4:1 a line, not an object
 
 
 @dataclass(frozen=True)
@@ -80,17 +75,11 @@ def palette_labels(images: torch.Tensor) -> np.ndarray:
     return dist.argmin(-1).to(torch.uint8).view(b, h, w).cpu().numpy()
 
 
-def classify(fill: float, aspect: float, skew: float) -> str | None:
-    """The shape whose band holds all three features, or None."""
-    if not ASPECT[0] <= aspect <= ASPECT[1]:
+def classify(fill: float, aspect: float) -> str | None:
+    """The shape a component's box reads as (fill = area / box, aspect = h / w), or None."""
+    if fill < MIN_FILL or not 1 / MAX_ELONGATION <= aspect <= MAX_ELONGATION:
         return None
-    if fill >= SQUARE_FILL and abs(skew) <= SYMMETRIC_SKEW["square"]:
-        return "square"
-    if CIRCLE_FILL[0] <= fill < CIRCLE_FILL[1] and abs(skew) <= SYMMETRIC_SKEW["circle"]:
-        return "circle"
-    if TRIANGLE_FILL[0] <= fill <= TRIANGLE_FILL[1] and skew >= TRIANGLE_SKEW:
-        return "triangle"
-    return None
+    return "bar" if aspect < 1 / ASPECT_SPLIT else "pillar" if aspect > ASPECT_SPLIT else "square"
 
 
 def detect(images: torch.Tensor, min_area: int = 16) -> list[list[Detection]]:
@@ -104,22 +93,16 @@ def detect(images: torch.Tensor, min_area: int = 16) -> list[list[Detection]]:
     structure[1] = ndimage.generate_binary_structure(2, 1)
     for start in range(0, images.shape[0], CHUNK):
         labels = palette_labels(images[start : start + CHUNK])
-        _, height, width = labels.shape
         for k in range(1, len(PALETTE_NAMES)):
             comp, n = ndimage.label(labels == k, structure=structure)
             if n == 0:
                 continue
-            # per-component sums over the colour's pixels only (a small part of the batch)
-            fg = np.flatnonzero(comp)
-            ids = comp.ravel()[fg]
-            area = np.bincount(ids, minlength=n + 1)[1:]
-            row_mean = np.bincount(ids, weights=(fg // width) % height, minlength=n + 1)[1:] / np.maximum(area, 1)
+            area = np.bincount(comp.ravel(), minlength=n + 1)[1:]  # [n] pixels per component
             for i, (sb, sy, sx) in enumerate(ndimage.find_objects(comp)):
                 if area[i] < min_area:
                     continue
                 h, w = sy.stop - sy.start, sx.stop - sx.start
-                skew = (row_mean[i] + 0.5 - (sy.start + sy.stop) / 2) / h
-                shape = classify(area[i] / (h * w), h / w, skew)
+                shape = classify(area[i] / (h * w), h / w)
                 if shape is not None:
                     out[start + sb.start].append(Detection(PALETTE_NAMES[k], shape, sx.start, sy.start, sx.stop, sy.stop))
     return out
