@@ -60,12 +60,13 @@ METHOD_OPTIMIZER_STEPS = {
 }
 # The same for the presets, at their own train.prompts_per_step and method overrides.
 EXPERIMENT_OPTIMIZER_STEPS = {
-    # train_grpo_flux_lora.py's 8-GPU script: 2 prompts x G 12 on one GPU, a step every 12 samples:
-    # 24 / 12 = 2
+    # train_grpo_flux_lora.py's 8-GPU script: 2 prompts x G 12 on each GPU, a step every 12 samples:
+    # 24 / 12 = 2, the 8 emulated GPUs (16 prompts) stepping together
     "dancegrpo_flux_hps": 2,
     "densegrpo_sd35_pickscore": 1,  # one per rollout, as the method
     "egrpo_flux_hps": 8,  # one per branch point (8)
     "egrpo_flux_hps_clip": 8,
+    "flowgrpo_sd35_pickscore": 2,  # gradient_accumulation_steps = num_batches_per_epoch // 2: two per epoch
     "g2rpo_flux_hps": 8,  # one per SDE step (8)
     "toy_dancegrpo": 3,  # 17 prompts = 17 emulated GPUs, each 12 / 4 = 3, stepping together
     "toy_densegrpo": 1,
@@ -261,3 +262,26 @@ def test_the_config_check_imports_no_diffusers(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# Each paper preset carries its official script's prompts per iteration (all GPUs together):
+# DanceGRPO finetune_flux_grpo_8gpus_lora.sh@15cc71d 8 GPUs x 2; E-GRPO train_grpo_merge.sh@ae619bf
+# 8 x 1; G²RPO finetune_g2rpo_hps.sh@04ee954 2 nodes x 8 x 1; flow_grpo config/grpo.py@ac4c86e 48
+# prompts x 24 (DenseGRPO keeps Flow-GRPO's batch: 144 x 8 = 1,152 samples).
+PAPER_PROMPTS_PER_ITERATION = {
+    "dancegrpo_flux_hps": 16,
+    "densegrpo_sd35_pickscore": 48,
+    "egrpo_flux_hps": 8,
+    "egrpo_flux_hps_clip": 8,
+    "flowgrpo_sd35_pickscore": 48,
+    "g2rpo_flux_hps": 16,
+}
+PAPER_RESOLUTION = {"flowrl.models.flux.load_flux": 720, "flowrl.models.sd3.load_sd3": 512}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in config_options("experiment") if not n.startswith("toy_")))
+def test_paper_presets_carry_the_official_batch_and_resolution(make_cfg, name):
+    cfg = make_cfg(f"experiment={name}")
+    assert cfg.train.prompts_per_step == PAPER_PROMPTS_PER_ITERATION[name], "a new preset: its official batch above"
+    side = PAPER_RESOLUTION[cfg.model._target_]
+    assert (cfg.model.height, cfg.model.width) == (side, side)

@@ -29,7 +29,8 @@ def hps_ckpt(tmp_path_factory):
 @pytest.mark.parametrize(
     "model, builder, method",
     [
-        ("flux_dev", build_flux, ["method=egrpo", "method.num_branch_steps=2", "method.tau=1.0"]),
+        # E-GRPO's lr is a full fine-tune's (method.lrs): with a LoRA the run needs an lr of its own
+        ("flux_dev", build_flux, ["method=egrpo", "method.num_branch_steps=2", "method.tau=1.0", "method.lr=1e-4"]),
         ("sd35_medium", build_sd3, ["method=densegrpo", "method.calibration.iterations=1", "method.calibration.num_samples=2"]),
     ],
 )
