@@ -540,3 +540,17 @@ def test_sd3_cfg_detach_uncond_switch(sd3_dir, make_cfg, detach):
     torch.testing.assert_close(g_cfg, expected, atol=1e-4, rtol=1e-3)
     v_other, _ = grads(s, PROMPTS, not detach)
     torch.testing.assert_close(v_cfg, v_other)  # the switch moves no value
+
+
+def test_flux_integer_timesteps_as_the_flux_scripts(flux_dir, make_cfg):
+    # DanceGRPO fastvideo/train_grpo_flux.py@15cc71d: timestep_value = int(sigma * 1000), passed as
+    # timesteps / 1000 (MixGRPO's and E-GRPO's flux_sampler.py alike); model=flux_dev turns it on.
+    assert make_cfg("model=flux_dev").model.integer_timesteps is True
+    on = _load("flux", flux_dir, integer_timesteps=True).eval()
+    off = _load("flux", flux_dir).eval()
+    x = torch.randn(2, *on.latent_shape, generator=torch.Generator().manual_seed(4))
+    e = on.encode_prompts(PROMPTS)
+    sigma = 45 / 46  # shift(15/16) = 0.97826 -> int(978.26) / 1000 = 0.978
+    with torch.no_grad():
+        torch.testing.assert_close(on.velocity(x, sigma, e), off.velocity(x, 0.978, e))
+        assert not torch.allclose(off.velocity(x, sigma, e), off.velocity(x, 0.978, e))

@@ -5,7 +5,10 @@ Conventions (checked against FluxPipeline by tests/models/test_real_models.py on
 - latents: 16-channel VAE latents at 1/8 resolution, scaled `(z - shift) * scale`, packed in 2x2
   patches -> [B, (H/16)(W/16), 64]; RoPE ids (0, row, col) per token, zeros for text tokens.
 - timestep: the transformer takes sigma itself (it multiplies by 1000 inside; the pipeline
-  passes its scheduler timestep / 1000 = sigma).
+  passes its scheduler timestep / 1000 = sigma). `integer_timesteps` (model=flux_dev: on) feeds
+  int(sigma * 1000) / 1000 instead, as every official FLUX GRPO script does (DanceGRPO
+  fastvideo/train_grpo_flux.py@15cc71d `timestep_value = int(sigma * 1000)` ... `timesteps / 1000`;
+  MixGRPO and E-GRPO's flux_sampler.py alike); the step math keeps the exact sigma.
 - guidance: FLUX.1-dev is guidance-distilled: the scale (3.5, DanceGRPO / E-GRPO) enters through
   the transformer's guidance embedding, one row per sample, no CFG.
 - text: CLIP-L pooler output (77 tokens) -> pooled_projections; T5 last hidden state padded to
@@ -43,14 +46,17 @@ def flux_forward_flops(config, image_tokens: int, text_tokens: int) -> float:
 class FluxModel(DiffusersFlowModel):
     pipeline_class = "FluxPipeline"
 
-    def __init__(self, *args, guidance_scale: float = 3.5, **kwargs):
+    def __init__(self, *args, guidance_scale: float = 3.5, integer_timesteps: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.guidance_scale = guidance_scale
+        self.integer_timesteps = integer_timesteps
         self.register_buffer("img_ids", latent_image_ids(self.latent_h // 2, self.latent_w // 2), persistent=False)
 
     def velocity(self, x_t: torch.Tensor, sigma, embeds: PromptEmbeds) -> torch.Tensor:
         b = x_t.shape[0]
         sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(b)
+        if self.integer_timesteps:  # the FLUX scripts' int(sigma * 1000) / 1000 (fp32, truncated)
+            sigma = torch.floor(sigma * 1000) / 1000
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((b,), float(self.guidance_scale), device=x_t.device, dtype=torch.float32)
@@ -108,6 +114,7 @@ def load_flux(
     height: int = 512,
     width: int = 512,
     guidance_scale: float = 3.5,
+    integer_timesteps: bool = False,
     max_sequence_length: int = 512,
     lora=None,
     lora_weights: str | None = None,
@@ -123,5 +130,7 @@ def load_flux(
     root = check_flux(path)
     from diffusers import FluxTransformer2DModel
 
-    opts = {k: v for k, v in locals().items() if k not in ("path", "root")}
-    return build_model(FluxModel, FluxTransformer2DModel, root, _text_encoders, opts, "FluxPipeline")
+    opts = {k: v for k, v in locals().items() if k not in ("path", "root", "integer_timesteps")}
+    model = build_model(FluxModel, FluxTransformer2DModel, root, _text_encoders, opts, "FluxPipeline")
+    model.integer_timesteps = bool(integer_timesteps)
+    return model
