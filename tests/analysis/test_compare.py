@@ -367,3 +367,32 @@ def test_smoke_sweep_then_compare_end_to_end(smoke_sweep, tmp_path):
     assert "NFE (`val/nfe_total`)" in md  # training logs the NFE spent with every evaluation
     summary = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("flowrl.summary") == "true"]
     assert len(summary) == 1 and {a.path for a in client.list_artifacts(summary[0].info.run_id)} >= {"table.md", "final.png"}
+
+
+def test_eval_noise_against_seed_spread(tmp_path):
+    # eval SE = (high - low) / (2 x 1.96) of the last evaluation's bootstrap interval, averaged over
+    # runs; seed SD = the sample SD of the final scores over seeds (hand-worked below)
+    uri, client = _store(tmp_path)
+    exp = client.create_experiment("noise", artifact_location=str(tmp_path / "artifacts"))
+    finals, halfwidths = [0.30, 0.34, 0.38], [0.0196, 0.0392, 0.0588]
+    for seed, (final, hw) in enumerate(zip(finals, halfwidths)):
+        curves = {
+            "val/reward/geneval": [(0, 0.25), (10, final)],
+            "val_ci/geneval/low": [(0, 0.2), (10, final - hw)],
+            "val_ci/geneval/high": [(0, 0.3), (10, final + hw)],
+        }
+        _run(
+            client,
+            exp,
+            f"s{seed}",
+            {"method.name": "egrpo", "seed": str(seed)},
+            curves,
+            tags={"ground_truth": "val/reward/geneval"},
+        )
+    from flowrl.analysis import compare
+
+    table = compare("noise", tracking_uri=uri, out_dir=tmp_path / "cmp", log_summary=False)["table"]
+    row = table.iloc[0]
+    assert row["geneval eval SE"] == pytest.approx((0.01 + 0.02 + 0.03) / 3, rel=1e-3)  # 0.0196 / 1.96 = 0.01 ...
+    assert row["geneval seed SD"] == pytest.approx(0.04, rel=1e-6)  # SD of 0.30, 0.34, 0.38
+    assert "eval SE <= seed SD / 4" in (tmp_path / "cmp" / "table.md").read_text()

@@ -130,6 +130,7 @@ def group_table(values, keys: list[str], val_keys: list[str], metric: str):
             row[f"{name} ±95% CI"] = last_ci
             row[f"Δ{name}"] = delta
             row[f"Δ{name} ±95% CI"] = delta_ci
+        row |= noise_vs_spread(g, metric)
         if f"metrics.{NFE_METRIC}" in g.columns:
             nfe = mean_ci(g[f"metrics.{NFE_METRIC}"])[0]
             row["NFE"] = None if nfe != nfe else int(round(nfe))
@@ -142,6 +143,21 @@ def group_table(values, keys: list[str], val_keys: list[str], metric: str):
     if sort_col in table.columns:
         table = table.sort_values(sort_col, ascending=False, kind="stable")
     return table.reset_index(drop=True)
+
+
+def noise_vs_spread(g, metric: str) -> dict[str, float]:
+    """The ground truth's two noises, from one group's runs: `eval SE`, the final evaluation's own
+    sampling noise (its bootstrap 95% interval, val_ci/<name>/low|high, as a standard error: width /
+    2 x 1.96, averaged over runs), and `seed SD`, the spread of the final score over seeds (sample
+    SD). An evaluation is large enough when eval SE <= seed SD / 4: then seeds, not the
+    evaluation, limit what a comparison can resolve."""
+    name = metric.removeprefix("val/reward/")
+    low, high = f"metrics.val_ci/{name}/low", f"metrics.val_ci/{name}/high"
+    if low not in g.columns or high not in g.columns:
+        return {}
+    se = ((g[high] - g[low]) / (2 * 1.959964)).mean()
+    sd = g[f"{metric} last"].std(ddof=1) if len(g) > 1 else float("nan")
+    return {f"{name} eval SE": se, f"{name} seed SD": sd}
 
 
 def _cell(value) -> str:
@@ -184,7 +200,9 @@ def render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe,
         f"Grouped by {by}; `n` runs (seeds) per group. Each reward: the mean over seeds at the last",
         "held-out evaluation, and `Δ` its change since the first one (before training); `±95% CI` is",
         "the half-width of the Student t interval over seeds (blank for one seed). Sorted by",
-        f"`{metric}`.",
+        f"`{metric}`. `eval SE`: the final evaluation's own sampling noise (its bootstrap interval",
+        "as a standard error); `seed SD`: the final score's spread over seeds; the evaluation is",
+        "sized well when eval SE <= seed SD / 4.",
         "",
     ]
     lines += [_md(table.drop(columns=["_label"])) if not table.empty else "(no finished runs)", ""]
