@@ -6,7 +6,9 @@ one prompt per iteration, a FLUX-architecture model with random weights:
   (a) where the engine's rollout time goes: model forwards, reward, the rest (engine overhead);
   (b) flowrl's rollout engine vs a peer-style loop (benchmarks/peers.py: one branch point at a
       time, in the official DanceGRPO / Flow-GRPO / E-GRPO / G²RPO / MixGRPO scripts' batch sizes)
-      on the same plan: same scored images, same NFE as the papers count them;
+      on the same plan: the same number and layout of scored images, the same NFE as the papers
+      count them (its noise is drawn per prompt and micro-batch, so its images equal the engine's
+      only for one prompt at micro-batch >= G);
   (c) the papers' per-prompt budget (NFE, reward queries, backward passes) next to the measured
       wall time of one GRPO iteration: rollout + advantages + training forwards/backwards.
 Plus the embedded model's cost by patch size (why the shipped model uses 4x4 patches).
