@@ -59,22 +59,36 @@ class CheckpointFailed(UserFacingError):
 def exit_on_user_error(fn):
     """Run an entry point; a UserFacingError (missing checkpoint, bad value) is printed as one
     line, exit status 2, no traceback (HYDRA_FULL_ERROR=1 keeps it). Inside a multirun the job
-    fails instead (a plain exception, which Hydra records), so that the other jobs still run."""
+    fails instead (a plain exception, which Hydra records), so that the other jobs still run.
+    A preemption (SIGTERM / SIGINT, checkpointed) exits with 128 + the signal's number (143 for
+    SIGTERM), its one line printed by the run, no traceback; in a multirun that stops the sweep."""
     import functools
     import os
     import sys
+
+    from flowrl.training.distributed import is_rank_zero
+    from flowrl.training.run_control import Preempted
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Preempted as stop:  # an expected stop: its one line is printed (rank 0), no traceback
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise SystemExit(stop.exit_code) from None
+        except KeyboardInterrupt:  # a second signal outside the training loop: stopped at once
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise SystemExit(130) from None
         except Exception as err:
             cause = err  # hydra's instantiate wraps what a _target_ raised: walk the chain
             while cause is not None and not isinstance(cause, UserFacingError):
                 cause = cause.__cause__ or cause.__context__
             if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"flowrl: {cause}", file=sys.stderr)
+            if is_rank_zero():  # under DDP every rank has it: one line
+                print(f"flowrl: {cause}", file=sys.stderr)
             if _in_multirun():
                 raise RuntimeError(f"flowrl: {cause}") from None
             raise SystemExit(2) from None

@@ -154,5 +154,7 @@ def silence_known_warnings() -> None:
 
 
 def _drop_litlogger_tip(record) -> bool:
-    """A logging filter (a callable works as one): False drops the record."""
-    return "litlogger" not in record.getMessage()
+    """A logging filter (a callable works as one): False drops the record. Also Lightning's
+    "Detected KeyboardInterrupt" on a second signal: flowrl says what happened in one line."""
+    message = record.getMessage()
+    return "litlogger" not in message and "Detected KeyboardInterrupt" not in message

@@ -8,22 +8,51 @@ over GPUs), and only scalars cross ranks, for logging.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def rank_and_world() -> tuple[int, int]:
-    """(global rank, world size): torch.distributed's once initialised, else the launcher's env."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
+    """(global rank, world size): torch.distributed's once initialised, else the launcher's env
+    (torch is not imported for it: a config error is reported before torch loads)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def is_rank_zero() -> bool:
     return rank_and_world()[0] == 0
+
+
+def release_children(trainer) -> list:
+    """The rank processes this one launched (Lightning's subprocess launcher, rank 0), taken away
+    from Lightning's observer thread: it SIGKILLs rank 0 as soon as another rank exits with a
+    non-zero status, which would cut rank 0 short while it ends the MLflow run. [] elsewhere."""
+    launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+    procs = getattr(launcher, "procs", None)
+    children = list(procs or [])
+    if children:
+        procs.clear()  # the observer's own list: it now sees no child and stops watching
+    return children
+
+
+def leave_together(children: list, agreed: bool) -> None:
+    """The end of a stopped run. `agreed` (a preemption every rank reached at the same point): wait
+    until rank 0 has ended the MLflow run (a barrier), then rank 0 waits for the ranks it launched
+    to exit (killing one still there after 60 s). Otherwise (a second signal: stop at once) rank 0
+    kills the ranks it launched."""
+    dist = sys.modules.get("torch.distributed")
+    if agreed and dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        try:
+            dist.barrier()
+        except Exception:  # a rank that is gone (killed): nothing left to wait for
+            pass
+    for proc in children:
+        try:
+            proc.wait(timeout=60 if agreed else 0.1)
+        except Exception:
+            proc.kill()
+            proc.wait()
 
 
 def mean_over_ranks(values: dict[str, float], strategy) -> dict[str, float]:

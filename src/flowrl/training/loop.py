@@ -64,18 +64,25 @@ def task_wrapper(cfg: DictConfig, logger, module, stop):
     """Every failure of a run, handled once: the MLflow run keeps what was logged and ends FAILED
     (KILLED on a signal), with the error as a tag and its traceback in <output dir>/error.txt; a
     preempted run prints the command that resumes it. The signal handlers are always removed."""
-    from flowrl.training.distributed import is_rank_zero
+    from flowrl.training.distributed import is_rank_zero, leave_together, release_children
     from flowrl.training.run_control import Preempted
 
     try:
         yield
     except BaseException as error:
+        trainer = getattr(module, "_trainer", None)
+        children = release_children(trainer)  # rank 0 watches the ranks it launched itself from here on
         killed = stop.signal_name is not None or isinstance(error, (KeyboardInterrupt, Preempted))
         if is_rank_zero():
             _record_failure(logger, cfg, error, getattr(module, "reward_traceback", None))
             logger.end_run("KILLED" if killed else "failed")
-        if isinstance(error, Preempted):
-            print(f"flowrl: {error}; resume with: python -m flowrl.train resume={cfg.paths.output_dir}", file=sys.stderr)
+            resume = f"resume with: python -m flowrl.train resume={cfg.paths.output_dir}"
+            if isinstance(error, Preempted):
+                print(f"flowrl: {error}; {resume}", file=sys.stderr)
+            elif stop.interrupted:  # the checkpoint being written, if any, was dropped: the earlier ones stand
+                print(f"flowrl: a second {stop.signal_name}: stopped at once, run KILLED; {resume}", file=sys.stderr)
+        # after a preemption every rank is here, after the same iteration: they leave together
+        leave_together(children, agreed=isinstance(error, Preempted))
         raise
     finally:
         stop.uninstall()
@@ -103,7 +110,7 @@ def make_trainer(cfg: DictConfig, logger, stop, val_prompts: list[str]):
     from hydra.utils import instantiate
 
     from flowrl.training.budget import Budget
-    from flowrl.training.run_control import RunControl
+    from flowrl.training.run_control import RunControl, own_signals
 
     control = RunControl(
         val_prompts=val_prompts,
@@ -113,7 +120,9 @@ def make_trainer(cfg: DictConfig, logger, stop, val_prompts: list[str]):
         save=make_checkpoint_saver(cfg, logger, stop),
         stop=stop,
     )
-    return instantiate(cfg.trainer, logger=logger, callbacks=[control.callback()]), control
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[control.callback()])
+    own_signals(trainer)  # flowrl's StopRequest handles SIGTERM / SIGINT, on every rank alike
+    return trainer, control
 
 
 def run_length(cfg: DictConfig, control, trainer) -> int:

@@ -9,6 +9,13 @@ After each iteration, in this order:
   2. a checkpoint every `checkpoint_every` iterations, and whenever a stop was requested;
   3. stop: a wall-clock budget spent, or SIGTERM / SIGINT received (the iteration running when
      the signal came is finished first, then checkpointed; a second signal interrupts at once).
+
+Under DDP a signal handler only sets a flag: the ranks agree to stop in one all-reduce at the end
+of an iteration (a known point, where every rank is), rank 0 writes the checkpoint while the others
+wait in a second all-reduce that also tells them whether it was written, and every rank leaves
+the loop together. Lightning's own SIGTERM handling is switched off (`own_signals`): it runs a
+broadcast inside the signal handler (at whatever collective each rank happens to be in) and
+forwards the signal to the other ranks, which then see it twice; both hung a group-signalled run.
 """
 
 from __future__ import annotations
@@ -22,7 +29,22 @@ from flowrl.training.budget import FRACTIONS, Budget
 class Preempted(BaseException):
     """Raised after the checkpoint that a SIGTERM / SIGINT asked for: the run ends KILLED. A
     BaseException (as KeyboardInterrupt), so that a Hydra multirun stops too instead of recording
-    a failed job and starting the next one."""
+    a failed job and starting the next one. `exit_code`: 128 + the signal's number, as a shell
+    reports a process the signal ended (143 for SIGTERM)."""
+
+    def __init__(self, message: str, signal_name: str | None = None):
+        super().__init__(message)
+        self.exit_code = 128 + int(getattr(signal.Signals, signal_name or "SIGTERM", signal.SIGTERM))
+
+
+def own_signals(trainer) -> None:
+    """Keep Lightning from installing its SIGTERM handler on this trainer (flowrl's StopRequest
+    handles SIGTERM / SIGINT). Lightning's handler calls torch.distributed.broadcast from inside
+    the handler, wherever each rank is, and re-sends the signal to the ranks it launched: under a
+    signal to the whole process group every rank then hung in mismatched collectives."""
+    connector = trainer._signal_connector
+    connector.register_signal_handlers = lambda: None
+    connector.teardown = lambda: None
 
 
 @dataclass
@@ -30,6 +52,7 @@ class StopRequest:
     """Set by SIGTERM / SIGINT; the run stops after the current iteration."""
 
     signal_name: str | None = None
+    interrupted: bool = False  # a second signal came: stopped at once
     _previous: dict = field(default_factory=dict)
 
     def install(self) -> None:
@@ -46,6 +69,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signal_name is not None:  # the second one: stop now
+            self.interrupted = True
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
 
@@ -84,15 +108,34 @@ class RunControl:
                     # the run's last iteration: this evaluation is the final one, at the endpoint size
                     last = batch_idx == trainer.num_training_batches - 1
                     module.evaluate(list(control.val_prompts), final=last)
+                # the one point where the ranks agree to stop: every rank is here, after the same iteration
                 stopping = decide(control.stop.signal_name is not None, all=False)
                 every = control.checkpoint_every
-                if stopping or (every > 0 and module.iteration % every == 0):
-                    control.save(module, trainer)
                 if stopping:
-                    name = control.stop.signal_name or "a signal on another rank"
-                    raise Preempted(f"{name} after iteration {module.iteration}: checkpointed, run KILLED")
+                    self.save_then_stop(trainer, module)
+                if every > 0 and module.iteration % every == 0:
+                    control.save(module, trainer)
                 wall = control.budget is not None and control.budget.kind == "wall_s"
                 if wall and decide(control.budget.spent(module) >= control.budget.amount, all=False):
                     trainer.should_stop = True
+
+            def save_then_stop(self, trainer, module):
+                """Rank 0 writes; the other ranks wait for it in an all-reduce that also says whether
+                the write failed, so no rank leaves while rank 0 still writes."""
+                error = None
+                try:
+                    control.save(module, trainer)
+                except Exception as err:  # CheckpointFailed (a full disk): every rank ends with it
+                    error = err
+                failed = trainer.strategy.reduce_boolean_decision(error is not None, all=False)
+                if error is not None:
+                    raise error
+                if failed:
+                    from flowrl.config.errors import CheckpointFailed
+
+                    raise CheckpointFailed(f"the checkpoint after iteration {module.iteration} failed on rank 0")
+                name = control.stop.signal_name
+                shown = name or "a signal to another rank"
+                raise Preempted(f"{shown} after iteration {module.iteration}: checkpointed, run KILLED", name)
 
         return RunControlCallback()
