@@ -73,6 +73,16 @@ def check_command_line(argv: list[str], config_name: str = "train") -> None:
             continue
         prefix = "+" if o.is_add() else "++" if o.is_force_add() else "~" if o.is_delete() else ""
         choices.append([f"{prefix}{key}={v}" for v in values])
+    resume = [str(o.value()) for o in parsed if o.key_or_group == "resume" and o.value()]
+    if resume:  # the run's config comes from its checkpoint and is checked when read: here, its directory
+        run = Path(resume[-1]).expanduser()
+        if not (run / "checkpoints").is_dir():
+            raise ConfigError(
+                "resume",
+                run,
+                "not a run output directory with checkpoints/ (a run writes them every train.checkpoint_every iterations)",
+            )
+        return
     for point in itertools.islice(itertools.product(*choices), MAX_CHECKED_POINTS):
         try:
             cfg = compose(point, config_name)

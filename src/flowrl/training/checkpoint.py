@@ -14,6 +14,11 @@ position (i * W + r) * P (flowrl.training.build.PromptBatches), so the iteration
 
 A checkpoint is written to `iter_<N>.tmp/` and renamed into place, so a crash while writing (a
 full disk, a kill) leaves the previous checkpoints as they were; only the last `keep` are kept.
+Its last file is `manifest.json`: every other file's size and sha256. A resume verifies the
+checkpoint before loading it (`verify`: the manifest, each safetensors header against its file's
+size, the optimizer file's zip CRCs) and falls back to the newest intact one (`latest_intact`), so a
+checkpoint damaged after it was written (a truncated copy, a disk error) costs its iterations, not
+the run.
 
 Why not Lightning's checkpointing: its .ckpt is one pickle of the whole module (the frozen reward
 models and text encoders included, tens of GB for FLUX + HPS) loaded with unpickling, and a
@@ -22,10 +27,13 @@ mid-epoch restart replays a plain DataLoader from the start; flowrl's runs are o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +43,7 @@ import torch
 CHECKPOINTS = "checkpoints"
 PREFIX = "iter_"
 FORMAT = 1
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -56,20 +65,104 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (a `.tmp` one was never finished)."""
+    """The checkpoints of a run, oldest first (a `.tmp` one was never finished; `verify` says
+    whether one is intact)."""
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
     done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(".tmp")]
-    return sorted((p for p in done if (p / "state.json").is_file()), key=lambda p: p.name)
+    return sorted(done, key=lambda p: p.name)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Checkpoint | None:
-    found = list_checkpoints(output_dir)
-    if not found:
-        return None
-    path = found[-1]
-    return Checkpoint(path, json.loads((path / "state.json").read_text()))
+    """The newest intact checkpoint (see `latest_intact`), or None."""
+    return latest_intact(output_dir)[0]
+
+
+def latest_intact(output_dir: str | Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """(the newest checkpoint that passes `verify`, [(newer damaged one, what is wrong), ...])."""
+    damaged = []
+    for path in reversed(list_checkpoints(output_dir)):
+        problem = verify(path)
+        if problem is None:
+            return Checkpoint(path, json.loads((path / "state.json").read_text())), damaged
+        damaged.append((path, problem))
+    return None, damaged
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """manifest.json, written last: {file: {"bytes": size, "sha256": hex}} of every other file."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": files}))
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's header (None: consistent): the 8-byte header
+    length, the JSON header, and the data end it declares against the file's size."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, shorter than a safetensors header"
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            return f"header of {n} bytes in a {size}-byte file"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return "unreadable safetensors header"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) != size:
+        return f"{size} bytes, its header says {8 + n + max(ends, default=0)}"
+    return None
+
+
+def verify(path: Path) -> str | None:
+    """None if checkpoint `path` is intact, else what is wrong, in a few words: state.json parses;
+    every file of the manifest is there with its size and sha256 (a checkpoint written before the
+    manifest existed is checked without); safetensors headers match their files; the optimizer
+    file's zip CRCs hold."""
+    try:
+        json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return "state.json unreadable"
+    needed = ["trainable.safetensors", "rng.safetensors", "optimizer.pt"]
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            return f"{MANIFEST} unreadable"
+        for name, want in files.items():
+            f = path / name
+            if not f.is_file():
+                return f"{name} missing"
+            if f.stat().st_size != want["bytes"]:
+                return f"{name}: {f.stat().st_size} bytes, written as {want['bytes']}"
+            if _sha256(f) != want["sha256"]:
+                return f"{name}: content differs from what was written (sha256)"
+    for name in needed:
+        if not (path / name).is_file():
+            return f"{name} missing"
+    for f in sorted(path.glob("*.safetensors")):
+        problem = _safetensors_problem(f)
+        if problem is not None:
+            return f"{f.name}: {problem}"
+    try:
+        with zipfile.ZipFile(path / "optimizer.pt") as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile):
+        return "optimizer.pt: not a readable torch.save file"
+    if bad is not None:
+        return f"optimizer.pt: {bad} fails its CRC"
+    return None
 
 
 def _trainable(module) -> dict[str, torch.Tensor]:
@@ -124,6 +217,7 @@ def save_checkpoint(
             "config_unresolved": config_unresolved,
         }
         (tmp / "state.json").write_text(json.dumps(state))
+        _write_manifest(tmp)  # last: a checkpoint without one was never finished
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -74,8 +74,7 @@ def task_wrapper(cfg: DictConfig, logger, module, stop):
         children = release_children(trainer)  # rank 0 watches the ranks it launched itself from here on
         killed = stop.signal_name is not None or isinstance(error, (KeyboardInterrupt, Preempted))
         if is_rank_zero():
-            _record_failure(logger, cfg, error, getattr(module, "reward_traceback", None))
-            logger.end_run("KILLED" if killed else "failed")
+            _end_failed_run(logger, cfg, error, getattr(module, "reward_traceback", None), killed)
             resume = f"resume with: python -m flowrl.train resume={cfg.paths.output_dir}"
             if isinstance(error, Preempted):
                 print(f"flowrl: {error}; {resume}", file=sys.stderr)
@@ -86,6 +85,21 @@ def task_wrapper(cfg: DictConfig, logger, module, stop):
         raise
     finally:
         stop.uninstall()
+
+
+def _end_failed_run(logger, cfg: DictConfig, error: BaseException, reward_traceback: str | None, killed: bool) -> None:
+    """A new run, or a resumed one this process had made RUNNING again, ends FAILED (KILLED on a
+    signal) with its error. A resume never rewrites the status its run had before: a FINISHED run
+    whose continuation failed stays FINISHED, and a resume that failed before reopening its run
+    (a checkpoint that would not load) leaves the status alone; the error is the tag `resume_error`."""
+    before = getattr(logger, "status_before_resume", None)
+    if not cfg.get("resume") or before not in (None, "FINISHED"):
+        _record_failure(logger, cfg, error, reward_traceback)
+        logger.end_run("KILLED" if killed else "failed")
+        return
+    logger.experiment.set_tag(logger.run_id, "resume_error", f"{type(error).__name__}: {error}"[:5000])
+    if before == "FINISHED":
+        logger.experiment.set_terminated(logger.run_id, "FINISHED")
 
 
 def start_or_resume(cfg: DictConfig, logger, module, ckpt) -> None:
@@ -99,8 +113,13 @@ def start_or_resume(cfg: DictConfig, logger, module, ckpt) -> None:
         if is_rank_zero():
             log_run_metadata(logger, cfg, seed=cfg.seed)
         return
-    restore_module(module, ckpt)
-    module.resume_optimizer_state = load_optimizer_state(ckpt)
+    from flowrl.config.errors import UserFacingError
+
+    try:
+        restore_module(module, ckpt)
+        module.resume_optimizer_state = load_optimizer_state(ckpt)
+    except Exception as err:  # verified, yet not this run's model (e.g. another model's weights)
+        raise UserFacingError(f"checkpoint {ckpt.path} does not load: {err}") from err
     if is_rank_zero():
         reopen_run(logger)
 
@@ -200,16 +219,25 @@ def resolve_resume(cfg: DictConfig):
     from omegaconf import OmegaConf
 
     from flowrl.config.errors import ConfigError
-    from flowrl.training.checkpoint import latest_checkpoint
+    from flowrl.training.checkpoint import latest_intact
+    from flowrl.training.distributed import is_rank_zero
 
     run_dir = Path(str(cfg.resume)).expanduser()
-    ckpt = latest_checkpoint(run_dir)
+    ckpt, damaged = latest_intact(run_dir)  # each verified before use, the newest intact one chosen
     if ckpt is None:
+        found = "; ".join(f"{p.name}: {why}" for p, why in damaged)
         raise ConfigError(
             "resume",
             run_dir,
-            f"no checkpoint under {run_dir / 'checkpoints'} (a run writes one every train.checkpoint_every iterations and on SIGTERM / SIGINT)",
+            f"no intact checkpoint under {run_dir / 'checkpoints'} ({found})"
+            if damaged
+            else f"no checkpoint under {run_dir / 'checkpoints'} (a run writes one every train.checkpoint_every iterations and on SIGTERM / SIGINT)",
         )
+    if is_rank_zero():
+        if damaged:
+            skipped = "; ".join(f"{p.name} is damaged ({why})" for p, why in damaged)
+            print(f"flowrl: {skipped}; falling back to {ckpt.path.name}, the newest intact checkpoint")
+        print(f"flowrl: resuming from iteration {ckpt.iteration} (checkpoint {ckpt.path})")
     # the config as composed, interpolations kept, so that an override re-resolves what depends on
     # it (method.<knob> feeds method.step_scheduler.<knob>); the run's own output dir in place of Hydra's
     resolved = ckpt.state["config"]

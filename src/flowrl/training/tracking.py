@@ -199,6 +199,7 @@ def reopen_run(logger) -> None:
     """A resumed run: its MLflow run RUNNING again, and the steps it logged after its checkpoint
     (it may have been killed later) not logged twice: the resumed run recomputes them exactly."""
     client, run_id = logger.experiment, logger.run_id
+    logger.status_before_resume = client.get_run(run_id).info.status  # a failed resume restores it
     client.update_run(run_id, status="RUNNING")
     history = client.get_metric_history(run_id, "perf/iteration_s")  # logged every iteration
     logger.skip_through = max((m.step for m in history), default=-1)
