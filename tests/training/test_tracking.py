@@ -311,3 +311,26 @@ def test_experiments_are_tagged_custom_model_development(tmp_path):
     assert kinds == {"new": "custom_model_development", "old": "custom_model_development", "other": "genai_development"}
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
     assert other  # a kind set on purpose is kept
+
+
+def test_an_unreachable_tracking_server_fails_fast_in_one_line(monkeypatch):
+    # MLflow's own retry / timeout settings for the first contact (its defaults waited 257 s);
+    # the environment is as it was afterwards, so the run's own requests keep MLflow's defaults
+    import os
+    import time
+
+    import pytest
+
+    from flowrl.config.errors import UserFacingError
+    from flowrl.training.tracking import FIRST_CONTACT_ENV, build_mlflow_logger
+
+    for key in FIRST_CONTACT_ENV:
+        monkeypatch.delenv(key, raising=False)
+    start = time.monotonic()
+    with pytest.raises(UserFacingError) as err:
+        build_mlflow_logger(tracking_uri="http://127.0.0.1:9")
+    assert time.monotonic() - start < 30
+    message = str(err.value)
+    assert "\n" not in message and "tracking server http://127.0.0.1:9 does not answer" in message
+    assert "Connection refused" in message and "logger.tracking_uri=sqlite:///mlflow.db" in message
+    assert not any(key in os.environ for key in FIRST_CONTACT_ENV)
