@@ -22,10 +22,12 @@ are flat palette colours on a black background:
      centres (`relations`: POSITION_THRESHOLD = 0.1 of the two boxes' sizes discounted from the
      offset, then a relation holds when its axis carries more than half of the offset).
 
-Where GenEval reads only its detector's top-scoring box of a class (its colour, its position),
-this verifier reads every object of that class: "a purple square" is wrong if any square is
-not purple, and a position holds only between every pair of the named objects. That is stricter,
-and it leaves no credit for drawing the asked object next to decoys.
+As GenEval reads its detector's top-scoring box of a class for colour and position, this
+verifier reads the largest object of a named shape (`top`): "a purple square" holds when the
+largest square is purple, whatever smaller squares of other colours lie about (a weak model's
+stray fragments), and a position holds between the largest object of each named shape, each in
+its named colour. Counting counts every object of the shape, as GenEval does, and (the prompt
+naming a colour, which GenEval's do not) each must carry it.
 
 `components()` is {"geneval": score}: the training path keys per-reward weights by component
 name (flowrl.contract.advantages), so per-category numbers come from `category_scores` instead.
@@ -33,7 +35,6 @@ name (flowrl.contract.advantages), so per-category numbers come from `category_s
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,8 @@ MAX_ELONGATION = 4.0  # beyond 4:1 a line, not an object
 
 @dataclass(frozen=True)
 class Detection:
-    """One object found in an image: colour, shape, and its bounding box (px, end exclusive)."""
+    """One object found in an image: colour, shape, its bounding box (px, end exclusive) and its
+    pixel count (which object is a shape's `top`)."""
 
     color: str
     shape: str
@@ -62,6 +64,7 @@ class Detection:
     y0: int
     x1: int
     y1: int
+    area: int = 0
 
 
 def palette_labels(images: torch.Tensor) -> np.ndarray:
@@ -104,7 +107,9 @@ def detect(images: torch.Tensor, min_area: int = 16) -> list[list[Detection]]:
                 h, w = sy.stop - sy.start, sx.stop - sx.start
                 shape = classify(area[i] / (h * w), h / w)
                 if shape is not None:
-                    out[start + sb.start].append(Detection(PALETTE_NAMES[k], shape, sx.start, sy.start, sx.stop, sy.stop))
+                    out[start + sb.start].append(
+                        Detection(PALETTE_NAMES[k], shape, sx.start, sy.start, sx.stop, sy.stop, int(area[i]))
+                    )
     return out
 
 
@@ -125,24 +130,23 @@ def relations(a: Detection, b: Detection) -> set[str]:
     }
 
 
+def top(objects: list[Detection], shape: str) -> Detection | None:
+    """The object GenEval's checks read for a class: here the largest of that shape (ties: the first)."""
+    found = [d for d in objects if d.shape == shape]
+    return max(found, key=lambda d: d.area) if found else None
+
+
 def correct(spec: Spec, objects: list[Detection]) -> bool:
     """GenEval's verdict for one image: every check of the prompt's category passes."""
-    by_shape: dict[str, list[Detection]] = {}
-    for d in objects:
-        by_shape.setdefault(d.shape, []).append(d)
-
-    def all_colored(shape: str, color: str | None) -> bool:  # >= 1 of shape, every one in color
-        found = by_shape.get(shape, [])
-        return bool(found) and (color is None or all(d.color == color for d in found))
-
     cat, objs = spec.category, spec.objects
-    if cat in ("single_object", "two_object", "colors", "color_attr"):
-        return all(all_colored(o.shape, o.color) for o in objs)
     if cat == "counting":
-        return len(by_shape.get(objs[0].shape, [])) == objs[0].count and all_colored(objs[0].shape, objs[0].color)
-    # position: every named subject stands in the relation to every named reference
-    subjects, refs = ([d for d in by_shape.get(o.shape, []) if d.color == o.color] for o in objs)
-    return bool(subjects) and bool(refs) and all(spec.relation in relations(a, b) for a, b in itertools.product(subjects, refs))
+        (o,) = objs
+        found = [d for d in objects if d.shape == o.shape]
+        return len(found) == o.count and all(d.color == o.color for d in found)
+    tops = [top(objects, o.shape) for o in objs]
+    if any(t is None or (o.color is not None and t.color != o.color) for t, o in zip(tops, objs)):
+        return False
+    return cat != "position" or spec.relation in relations(*tops)
 
 
 class GenEvalReward(RewardModel):
@@ -162,9 +166,12 @@ class GenEvalReward(RewardModel):
     def category_scores(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """{category: [B]}: an image's score under its prompt's category, NaN under the others (so
         nanmean gives the category's accuracy in this batch; `summarize` does)."""
-        scores = self(images, prompts)
-        cats = [parse(p).category for p in prompts]
+        scores, cats = self(images, prompts), self.categories(prompts)
         return {c: torch.where(torch.tensor([x == c for x in cats]), scores, torch.nan) for c in CATEGORIES}
+
+    def categories(self, prompts: list[str]) -> list[str]:
+        """Each prompt's GenEval category (what per-category accuracies group scores by)."""
+        return [parse(p).category for p in prompts]
 
 
 def summarize(category_scores: dict[str, torch.Tensor]) -> dict[str, float]:
