@@ -29,3 +29,9 @@ KnobbedStepScheduler
 OtherStepScheduler
 PlainStepScheduler
 pytestmark
+# Lightning hooks flowrl replaces or overrides (flowrl.training.run_control.own_signals, console.progress_bar)
+_.register_signal_handlers
+_.teardown
+_.configure_columns
+_.get_metrics
+_.validation_description

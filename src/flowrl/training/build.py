@@ -148,6 +148,8 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Mismatch dtype between input and weight")
     # fit gets no val loader on purpose: flowrl.training.run_control evaluates inside the loop
     warnings.filterwarnings("ignore", message=r".*`validation_step` but have no `val_dataloader`")
+    # Lightning's lines once: its own console handler ("INFO: ..."), not again through Hydra's root one
+    logging.getLogger("lightning").propagate = False
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if _drop_litlogger_tip not in rank_zero.filters:
         rank_zero.addFilter(_drop_litlogger_tip)

@@ -26,6 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job; returns {'before/val/reward/<r>': ..., 'after/val/reward/<r>': ...}."""
     from hydra.utils import instantiate
 
+    from flowrl.training.console import header
     from flowrl.training.distributed import is_rank_zero
     from flowrl.training.run_control import StopRequest
     from flowrl.training.tracking import run_name
@@ -42,6 +43,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         start_or_resume(cfg, logger, module, ckpt)
         trainer, control = make_trainer(cfg, logger, stop, list(data.val))
         iterations = run_length(cfg, control, trainer)
+        if is_rank_zero():
+            print(header(cfg, f"{iterations} iterations" + (f" (budget {control.budget})" if control.budget else "")))
         train_loader, val_loader = prompt_loaders(data, cfg, iterations, start=module.iteration)
         stop.install()  # SIGTERM / SIGINT: finish the iteration, checkpoint, end KILLED
         before = evaluate_before(cfg, logger, module, trainer, data, val_loader, resumed=ckpt is not None)
@@ -56,7 +59,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_artifact_path(logger, out, "final_model")
         print_before_after(before, after)
         logger.end_run("success")
+        print_closing(cfg, logger, out)
     return summary
+
+
+def print_closing(cfg: DictConfig, logger, out: Path) -> None:
+    """Where the results are: the final model, the MLflow run, the URL that opens it."""
+    from flowrl.training.console import closing
+    from flowrl.training.tracking import resolve_tracking_uri
+
+    run = logger.experiment.get_run(logger.run_id)
+    uri = resolve_tracking_uri(cfg.logger.get("tracking_uri"))
+    print(closing(out, run.info.run_name, logger.run_id, cfg.logger.experiment_name, logger.experiment_id, uri))
 
 
 @contextlib.contextmanager
@@ -139,7 +153,10 @@ def make_trainer(cfg: DictConfig, logger, stop, val_prompts: list[str]):
         save=make_checkpoint_saver(cfg, logger, stop),
         stop=stop,
     )
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[control.callback()])
+    from flowrl.training.console import progress_bar
+
+    bar = progress_bar()  # Lightning's, in flowrl's words
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[control.callback()] + ([bar] if bar else []))
     own_signals(trainer)  # flowrl's StopRequest handles SIGTERM / SIGINT, on every rank alike
     return trainer, control
 
