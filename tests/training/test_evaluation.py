@@ -46,3 +46,21 @@ def test_endpoint_evaluations_are_larger_and_logged_with_intervals(make_cfg, tmp
     highs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_ci/shapes/high")}
     for m in history:
         assert lows[m.step] <= m.value + 1e-6 and m.value <= highs[m.step] + 1e-6
+
+
+def test_category_means_group_by_the_rewards_categories():
+    # GenEval's report: accuracy per category, `overall` = their unweighted mean (GenEval's
+    # evaluate_images.py summary), here from hand-picked scores of four held-out prompts
+    from flowrl.rewards.geneval import GenEvalReward
+    from flowrl.training.module import category_means
+
+    prompts = ["two red pillars", "a blue bar left of a red square", "a green bar right of a red square", "a white bar"]
+    scores = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    out = category_means(GenEvalReward(), "geneval", scores, prompts)
+    assert out == {
+        "val/category/geneval/counting": 1.0,
+        "val/category/geneval/position": 0.5,
+        "val/category/geneval/colors": 1.0,
+        "val/category/geneval/overall": (1.0 + 0.5 + 1.0) / 3,
+    }
+    assert category_means(object(), "jpeg", scores, prompts) == {}  # a reward without categories logs none

@@ -51,10 +51,33 @@ def check_sd3(path) -> Path:
     return check_pipeline_dir(path, "SD3.5-Medium", SD3_REPO, "StableDiffusion3Pipeline", PIPELINE_COMPONENTS)
 
 
-def check_tiny_flux(path) -> None:
-    """A directory written by flowrl.pretrain --out, when one is given (null: the shipped weights)."""
-    if path not in (None, "") and not (Path(path).expanduser() / "transformer").is_dir():
-        raise CheckpointNotFound("tiny_flux", path, "python -m flowrl.pretrain --out <dir>", "no transformer/ folder in it")
+# The shipped tiny checkpoints, one per embedded world: the text table knows only its world's words.
+TINY_WORLDS = {"shapes": "tiny_flux", "geneval": "tiny_flux_geneval"}
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def tiny_flux_dir(path, world: str | None) -> Path:
+    """The directory `flowrl.models.tiny_flux.load_tiny_flux(path, world=...)` reads."""
+    if path not in (None, ""):
+        return Path(path).expanduser()
+    world = world or "shapes"
+    if world not in TINY_WORLDS:
+        raise ValueError(f"model.world must be one of {sorted(TINY_WORLDS)}, got {world!r}")
+    return ASSETS / TINY_WORLDS[world]
+
+
+def check_tiny_flux(path, world: str | None = None) -> None:
+    """A directory written by flowrl.pretrain --out, when one is given (null: the world's shipped weights)."""
+    found = tiny_flux_dir(path, world)
+    if not (found / "transformer").is_dir():
+        raise CheckpointNotFound("tiny_flux", found, "python -m flowrl.pretrain --out <dir>", "no transformer/ folder in it")
+
+
+def tiny_flux_vocabulary(path, world: str | None = None) -> set[str]:
+    """The words the tiny model's text table knows (its json; a LoRA directory names no vocab and
+    gives the empty set: its base's is checked when it loads)."""
+    cfg = tiny_flux_dir(path, world) / "flowrl_tiny_flux.json"
+    return set(json.loads(cfg.read_text()).get("vocab", [])) if cfg.is_file() else set()
 
 
 CHECKS = {

@@ -283,9 +283,40 @@ def check_model_files(cfg) -> None:
 
     model = cfg.get("model")
     target = model.get("_target_") if model is not None else None
-    check = CHECKS.get(target.rsplit(".", 1)[0]) if target else None
-    if check is not None:
+    module = target.rsplit(".", 1)[0] if target else None
+    check = CHECKS.get(module)
+    if module == "flowrl.models.tiny_flux":
+        check(model.get("path"), model.get("world"))
+        check_tiny_vocabulary(cfg)
+    elif check is not None:
         check(model.get("path"))
+
+
+def check_tiny_vocabulary(cfg) -> None:
+    """The tiny model reads only its world's words (an unknown word is <unk>): prompts of another
+    world (data=shapes on the geneval model) would train on noise, so they are refused here, in
+    one line naming model.world, before the model loads. Reads the model's json and the prompts."""
+    from hydra.utils import instantiate
+
+    from flowrl.config.errors import ConfigError
+    from flowrl.config.model_files import TINY_WORLDS, tiny_flux_vocabulary
+
+    model, data = cfg.model, cfg.get("data")
+    vocab = tiny_flux_vocabulary(model.get("path"), model.get("world"))
+    if not vocab or data is None:
+        return
+    prompts = instantiate(data)
+    words = {w for p in [*prompts.train, *prompts.val] for w in p.lower().split()}
+    unknown = sorted(words - vocab)
+    if unknown:
+        worlds = [w for w in TINY_WORLDS if tiny_flux_vocabulary(None, w) >= words]
+        fix = f"model.world={worlds[0]}" if worlds and model.get("path") in (None, "") else "a model pretrained on these prompts"
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ConfigError(
+            "model.world" if model.get("path") in (None, "") else "model.path",
+            model.get("path") or model.get("world"),
+            f"a tiny model whose vocabulary has the data's words (unknown: {shown}); use {fix}",
+        )
 
 
 FINETUNE_KINDS = {"full": "full fine-tune", "lora": "LoRA"}

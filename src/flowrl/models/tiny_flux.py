@@ -241,15 +241,21 @@ class TinyFluxModel(FlowModel):
 PRECISIONS = ("fp32", "bf16-autocast")
 
 
-def load_tiny_flux(path: str | None = None, device: str = "cpu", lora=None, precision: str = "fp32") -> TinyFluxModel:
-    """Hydra entry point (`model=tiny_flux`): the shipped weights, or a directory given by path.
+def load_tiny_flux(
+    path: str | None = None, device: str = "cpu", lora=None, precision: str = "fp32", world: str = "shapes"
+) -> TinyFluxModel:
+    """Hydra entry point (`model=tiny_flux`): the shipped weights of `world` (one per embedded
+    world, `python -m flowrl.pretrain --world <w>`; flowrl.config.model_files.TINY_WORLDS), or a
+    directory given by path.
     `lora` ({rank, alpha, target_modules}) attaches a fresh LoRA adapter (flowrl.models.lora).
     `precision`: fp32 | bf16-autocast (the transformer's forwards, rollout and training alike)."""
     from flowrl.models.lora import add_lora, lora_options
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    model = TinyFluxModel.from_pretrained(path)
+    from flowrl.config.model_files import tiny_flux_dir
+
+    model = TinyFluxModel.from_pretrained(tiny_flux_dir(path, world))
     model.precision = precision
     if (opts := lora_options(lora)) is not None:
         add_lora(model.transformer, **opts)

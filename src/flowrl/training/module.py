@@ -389,6 +389,7 @@ class GRPOModule(L.LightningModule):
             for name, s in scores.items():
                 low, high = bootstrap_ci(s.view(len(prompts), per_prompt), cfg.ci_resamples, cfg.seed)
                 metrics |= {f"val_ci/{name}/low": low, f"val_ci/{name}/high": high}
+                metrics |= category_means(self.eval_rewards[name], name, s, rows)
             self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
         if hasattr(self.logger, "run_id"):
             from flowrl.training.tracking import log_image_grid
@@ -403,7 +404,18 @@ class GRPOModule(L.LightningModule):
         means = self.evaluate(list(prompts), final=True)  # trainer.validate: before / after training
         n = len(prompts) * self.val_cfg.samples(final=True)
         for name, value in means.items():
-            self.log(f"val/reward/{name}", value, batch_size=n, prog_bar=name == "shapes", logger=False)
+            self.log(f"val/reward/{name}", value, batch_size=n, prog_bar=name == next(iter(means)), logger=False)
+
+
+def category_means(reward, name: str, scores: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+    """`val/category/<name>/<category>` for a reward that groups prompts by category (GenEval's
+    verifier), and `.../overall`, GenEval's headline number: the mean over the categories present."""
+    if not hasattr(reward, "categories"):
+        return {}
+    cats = reward.categories(prompts)
+    acc = {c: scores[[i for i, x in enumerate(cats) if x == c]].mean().item() for c in dict.fromkeys(cats)}
+    out = {f"val/category/{name}/{c}": v for c, v in acc.items()}
+    return out | {f"val/category/{name}/overall": sum(acc.values()) / len(acc)} if acc else out
 
 
 def bootstrap_ci(scores: torch.Tensor, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
