@@ -213,15 +213,31 @@ def test_layout_separates_objects_and_keeps_the_relation():
     rng = random.Random(0)
     for spec in all_specs():
         n = sum(o.count for o in spec.objects)
-        for size in (32, 48, 64):
-            _check_layout(layout(spec.objects, rng, size, spec.relation), n, size, spec.relation)
-    # the deterministic layout after `attempts` rejections keeps the same constraints
-    for n in range(1, 6):
-        _check_layout(layout([Obj("bar", "red", n)], rng, 32, attempts=0), n, 32)
+        for size in (48, 64):
+            placed = layout(spec.objects, rng, size, spec.relation)
+            _check_layout(placed, n, size, spec.relation)
+            assert {(p.cx, p.cy) for p in placed} <= set(g.cell_centres(size))  # one cell each
+    # every pair of cells that stands in a relation is drawn (4 relations, 3 x 3 cells)
     for rel in RELATIONS:
-        _check_layout(layout([Obj("bar", "red"), Obj("square", "blue")], rng, 48, rel, attempts=0), 2, 48, rel)
-    with pytest.raises(ValueError, match="do not fit"):  # 3 x 3 slots of 8 px shapes at 32 px
-        layout([Obj("bar", "red", 10)], rng, 32, attempts=0)
+        seen = {
+            tuple((p.cx, p.cy) for p in layout([Obj("bar", "red"), Obj("square", "blue")], random.Random(i), 48, rel))
+            for i in range(400)
+        }
+        centres = g.cell_centres(48)
+        r = g.object_radius(48)
+        expected = {
+            (centres[i], centres[j])
+            for i in range(9)
+            for j in range(9)
+            if i != j and satisfies(g.Placed("bar", "red", *centres[i], r), g.Placed("square", "blue", *centres[j], r), rel)
+        }
+        # 'left of' (cells 16 px apart, r 6.5): a row's 3 ordered pairs x 3 rows, plus column 0 to
+        # column 2 one row up or down (along 32, across 16 <= 32 / 2) x 4 row pairs = 13
+        assert seen == expected and len(expected) == 13
+    with pytest.raises(ValueError, match="do not fit"):
+        layout([Obj("bar", "red", 10)], rng, 48)
+    with pytest.raises(ValueError, match="use >= 48 px"):  # 32 px cells leave under MIN_RADIUS
+        layout([Obj("bar", "red")], rng, 32)
 
 
 def test_satisfies_is_strict_and_mirrored():

@@ -32,13 +32,16 @@ most 8 words (the tiny model's max_text_len). 1143 prompts in all (single_object
 Images: objects of the palette on a black background (black is no object colour; the closest
 palette colour to it is green at RGB distance 0.73, the closest pair in the palette blue/purple at
 0.55), flat colours, no antialiasing, so snapping a rendering to the palette recovers it exactly.
-Objects never overlap and keep a gap of GAP px between bounding boxes (so two objects of one
-colour stay two connected components); half-sizes are drawn per object from a range that shrinks
-with the number of objects (1: size/6..size/4, 2: size/8..size/5, 3+: size/10..size/7, never
-under MIN_RADIUS px), centres uniform over the canvas. A position prompt's first object lies along
-the relation's axis at least rA + rB + GAP px from the second, the other axis offset at most half
-of that, which GenEval's rule (flowrl.rewards.geneval.relations) reads as the relation with a
-wide margin and its mirror as the opposite.
+Layout: a 3 x 3 grid of 16 px cells; each object sits centred in a cell of its own, drawn at
+random, all objects of one half-size (6.5 px at 48 px, the largest that keeps GAP px between
+neighbours' boxes: a 13 x 13 square, a 13 x 6.5 bar). A position prompt's pair takes two cells that
+stand in the relation under the renderer's rule (`satisfies`: along the axis by >= rA + rB + GAP,
+off it by at most half of that), which GenEval's rule (flowrl.rewards.geneval.relations) reads as
+the relation with a wide margin and its mirror as the opposite. Discrete cells, not uniform
+centres and sizes, on purpose: with uniform placement the 64-token tiny model, pretrained for
+1000 steps, drew a soup of patch-sized fragments (experiments/compositional-world/README.md); a
+prompt's images are now a small set of layouts it can learn, and GRPO still has every relation,
+count and binding to get right.
 
 Resolution: 48 px. Forward cost of the tiny model (its shipped architecture, random weights,
 batch 64, no grad; experiments/compositional-world/forward_cost.py; CPU, 1 thread, the fastest
@@ -106,7 +109,7 @@ MIN_RADIUS = 4.0  # px: the smallest half-size at which the verifier reads the a
 # in units of the half-size r.
 SHAPES: tuple[str, ...] = ("bar", "square", "pillar")
 EXTENT: dict[str, tuple[float, float]] = {"bar": (1.0, 0.5), "square": (1.0, 1.0), "pillar": (0.5, 1.0)}
-PLACEMENT_ATTEMPTS = 200  # random layouts tried before the deterministic grid (rarely needed)
+GRID = 3  # objects sit centred in the cells of a GRID x GRID layout (see `layout`)
 
 HELDOUT_BINDINGS = frozenset({("yellow", "bar"), ("blue", "square"), ("white", "pillar")})
 HELDOUT_COUNTS = frozenset({(2, "pillar"), (3, "bar"), (4, "square")})
@@ -343,11 +346,19 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZ
     return (np.abs(xx - cx) <= r * ex) & (np.abs(yy - cy) <= r * ey)
 
 
-def radius_range(n_objects: int, size: int) -> tuple[float, float]:
-    """Half-size range (px) of each object in an image of n_objects: smaller when more share it."""
-    lo, hi = (1 / 6, 1 / 4) if n_objects <= 1 else (1 / 8, 1 / 5) if n_objects == 2 else (1 / 10, 1 / 7)
-    lo = max(lo * size, MIN_RADIUS)
-    return lo, max(hi * size, lo)
+def cell_centres(size: int = IMAGE_SIZE) -> list[tuple[float, float]]:
+    """(cx, cy) of the GRID x GRID cells, row by row (y grows downwards)."""
+    step = size / GRID
+    return [((col + 0.5) * step, (row + 0.5) * step) for row in range(GRID) for col in range(GRID)]
+
+
+def object_radius(size: int = IMAGE_SIZE) -> float:
+    """Every object's half-size: the largest that keeps GAP px between neighbouring cells' boxes
+    (6.5 px at 48: a 13 x 13 square, a 13 x 6.5 bar)."""
+    r = math.floor(size / GRID - GAP) / 2  # whole px boxes: 6.5 at 48, 9 at 64
+    if r < MIN_RADIUS:
+        raise ValueError(f"a {size} px canvas gives objects of half-size {r:.2f} px, under {MIN_RADIUS:g}: use >= 48 px")
+    return r
 
 
 def _separated(a: Placed, b: Placed) -> bool:
@@ -365,60 +376,28 @@ def satisfies(a: Placed, b: Placed, relation: str) -> bool:
 
 
 def layout(
-    objects: Sequence[Obj],
-    rng: random.Random,
-    size: int = IMAGE_SIZE,
-    relation: str | None = None,
-    attempts: int = PLACEMENT_ATTEMPTS,
+    objects: Sequence[Obj], rng: random.Random, size: int = IMAGE_SIZE, relation: str | None = None
 ) -> list[Placed]:
-    """Random non-overlapping placement of every object (each Obj expands to `count` copies; a
-    colour-free Obj gets a random palette colour per copy). With a relation, the first copy of
-    objects[0] stands in it to the first copy of objects[1]. After `attempts` rejected draws, a
-    deterministic layout (a grid, or the relation's axis) that satisfies the same constraints."""
+    """Each object (an Obj expands to `count` copies; a colour-free Obj gets a random palette colour
+    per copy) centred in its own cell of the GRID x GRID layout, cells drawn at random, every object
+    of half-size object_radius(size). With a relation, objects[0] and objects[1] (one each) take a
+    pair of cells that stands in it (`satisfies`), drawn from all such pairs."""
     colors = list(COLORS)
     items = [(o.shape, o.color or rng.choice(colors)) for o in objects for _ in range(o.count)]
     if not items:
         return []
-    lo, hi = radius_range(len(items), size)
-    for _ in range(attempts):
-        placed = []
-        for shape, color in items:
-            r = rng.uniform(lo, hi)
-            placed.append(Placed(shape, color, rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1), r))
-        if all(_separated(a, b) for a, b in itertools.combinations(placed, 2)) and (
-            relation is None or satisfies(placed[0], placed[objects[0].count], relation)
-        ):
-            return placed
-    return _fallback_layout(items, objects, size, relation, lo)
-
-
-def _fallback_layout(items, objects, size: int, relation: str | None, r: float) -> list[Placed]:
-    if relation is not None:
+    if len(items) > GRID * GRID:
+        raise ValueError(f"{len(items)} objects do not fit the {GRID} x {GRID} cells")
+    r, centres = object_radius(size), cell_centres(size)
+    if relation is None:
+        cells = rng.sample(range(len(centres)), len(items))
+    else:
         if len(items) != 2:
             raise ValueError("a relation places exactly two objects")
-        # the pair on the relation's axis at 1/4 and 3/4 of the canvas, centred across it
-        near, far, mid = size / 4, 3 * size / 4, size / 2
-        first, second = {
-            "left of": ((near, mid), (far, mid)),
-            "right of": ((far, mid), (near, mid)),
-            "above": ((mid, near), (mid, far)),
-            "below": ((mid, far), (mid, near)),
-        }[relation]
-        return [Placed(*items[0], *first, r), Placed(*items[1], *second, r)]
-    # a grid of slots 2r + GAP apart, spread from edge to edge; r stays the range's lower end, so
-    # the shapes keep the size at which the verifier reads them exactly
-    span = size - 2 * (r + 1)
-    per_row = int(span // (2 * r + GAP)) + 1
-    rows = math.ceil(len(items) / per_row)
-    if rows > per_row:
-        raise ValueError(f"{len(items)} objects of half-size {r:g} px do not fit a {size} px canvas")
-    step_x = span / (per_row - 1) if per_row > 1 else 0.0
-    step_y = span / (rows - 1) if rows > 1 else 0.0
-    y0 = r + 1 if rows > 1 else size / 2
-    return [
-        Placed(shape, color, r + 1 + (i % per_row) * step_x, y0 + (i // per_row) * step_y, r)
-        for i, (shape, color) in enumerate(items)
-    ]
+        at = [Placed("square", "red", cx, cy, r) for cx, cy in centres]
+        pairs = [(i, j) for i in range(len(at)) for j in range(len(at)) if i != j and satisfies(at[i], at[j], relation)]
+        cells = list(rng.choice(pairs))
+    return [Placed(shape, color, *centres[c], r) for (shape, color), c in zip(items, cells, strict=True)]
 
 
 def draw(placed: Sequence[Placed], size: int = IMAGE_SIZE) -> np.ndarray:
