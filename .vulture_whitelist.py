@@ -6,6 +6,12 @@ locals(). Each line is a use, so vulture counts the name as used."""
 _.model_config
 _.reward_queries
 _._exists
+_._init  # flowrl.config.schema validators (pydantic calls them)
+_._no_lora
+_._world
+_._device
+_._multiple_of_16
+_._adapter_dir
 _.min_std
 _.max_std
 # Hydra targets (src/flowrl/config/conf/**.yaml)

@@ -19,16 +19,40 @@ from flowrl.config.compose import compose
 
 
 def compose_plan(overrides: list[str], iteration: int = 0):
-    """(plan of `iteration`, prompts per iteration) for a composed config."""
+    """(plan of `iteration`, prompts per iteration, the rollout's memory estimate) for a composed config."""
     import torch
     from hydra.utils import instantiate
 
     cfg = compose(overrides)
     plan = instantiate(cfg.method.step_scheduler).plan(iteration, torch.Generator().manual_seed(cfg.seed))
-    return plan, int(cfg.train.prompts_per_step)
+    return plan, int(cfg.train.prompts_per_step), rollout_memory(cfg, plan)
 
 
-def format_plan(plan, num_prompts: int = 1, iteration: int = 0) -> str:
+def rollout_memory(cfg, plan) -> dict | None:
+    """The rollout's estimated peak memory (StepPlan.rollout_memory on the model's sizes and
+    train.max_batch) with the machine's memory it is checked against; None for an unknown model."""
+    from flowrl.config.feasibility import machine_memory, model_shapes
+
+    shapes = model_shapes(cfg.get("model"))
+    if shapes is None:
+        return None
+    prompts, max_batch = int(cfg.train.prompts_per_step), int(cfg.train.max_batch)
+    parts = plan.rollout_memory(prompts, *shapes, max_batch=max_batch)
+    have = machine_memory(cfg)
+    return {
+        "bytes": sum(parts.values()),
+        "parts": parts,
+        "latent_numel": shapes[0],
+        "image_numel": shapes[1],
+        "max_batch": max_batch,
+        "machine_bytes": have[0] if have else None,
+        "machine": have[1] if have else None,
+    }
+
+
+def format_plan(plan, num_prompts: int = 1, iteration: int = 0, memory: dict | None = None) -> str:
+    from flowrl.config.feasibility import human_bytes
+
     b = plan.budget()
     info = plan.to_json(num_prompts)
     jumps = " ".join(f"{j.start}->{j.stop}" for j in plan.jumps)
@@ -53,6 +77,13 @@ def format_plan(plan, num_prompts: int = 1, iteration: int = 0) -> str:
         f"  reward queries         {b['reward_queries_per_prompt']}",
         f"  backward passes        {b['trained_steps_per_prompt']}",
     ]
+    if memory is not None:
+        parts = ", ".join(f"{k} {human_bytes(v)}" for k, v in memory["parts"].items())
+        have = f" of this machine's {human_bytes(memory['machine_bytes'])} {memory['machine']}" if memory["machine_bytes"] else ""
+        lines.append(
+            f"rollout peak memory (estimate, {num_prompts} prompt(s), train.max_batch {memory['max_batch']}): "
+            f"{human_bytes(memory['bytes'])}{have} ({parts})"
+        )
     return "\n".join(lines)
 
 
@@ -78,11 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     except UserFacingError as err:
         print(f"flowrl: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    plan, num_prompts = compose_plan(args.overrides, args.iteration)
+    plan, num_prompts, memory = compose_plan(args.overrides, args.iteration)
     if args.json:
-        print(json.dumps({"iteration": args.iteration, **plan.to_json(num_prompts)}))
+        print(json.dumps({"iteration": args.iteration, **plan.to_json(num_prompts), "rollout_memory": memory}))
     else:
-        print(format_plan(plan, num_prompts, args.iteration))
+        print(format_plan(plan, num_prompts, args.iteration, memory))
 
 
 if __name__ == "__main__":

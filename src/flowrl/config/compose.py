@@ -53,6 +53,7 @@ def check_command_line(argv: list[str], config_name: str = "train") -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from flowrl.config.errors import ConfigError, UserFacingError
+    from flowrl.config.feasibility import device_warnings
     from flowrl.config.schema import check_config
 
     args = [a for a in argv if not a.startswith("-")]
@@ -83,12 +84,20 @@ def check_command_line(argv: list[str], config_name: str = "train") -> None:
                 "not a run output directory with checkpoints/ (a run writes them every train.checkpoint_every iterations)",
             )
         return
+    warnings: list[str] = []
     for point in itertools.islice(itertools.product(*choices), MAX_CHECKED_POINTS):
         try:
             cfg = compose(point, config_name)
         except Exception as err:
             raise UserFacingError(_one_line(err)) from None
         check_config(cfg)
+        warnings += [w for w in device_warnings(cfg) if w not in warnings]
+    import os
+    import sys
+
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # Lightning's launched ranks re-run the command line: say it once
+        for line in warnings:
+            print(f"flowrl: {line}", file=sys.stderr)
 
 
 def run_checked(main, config_name: str = "train") -> None:

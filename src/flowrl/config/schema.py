@@ -132,10 +132,88 @@ def prompt_file_problem(path: Path) -> str | None:
     return None
 
 
+# peft's init_lora_weights: True (A Kaiming, B 0), False (both random: the first ratio is not 1), or a named init
+LORA_INITS = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal")
+
+
+class LoraSchema(_Closed):
+    """`model.lora` (flowrl.models.lora.add_lora): checked here, before the model loads, where
+    rank 0 used to fail in peft after loading (8 s on the tiny model, 12B parameters on FLUX)."""
+
+    rank: Annotated[int, Field(ge=1, description="the adapter's rank")]
+    alpha: Annotated[float, Field(gt=0, allow_inf_nan=False, description="the adapter's scale is alpha / rank")]
+    target_modules: Annotated[list[str], Field(min_length=1)] | None = None
+    init: bool | str = True
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v):
+        if isinstance(v, str) and v not in LORA_INITS and not (v.startswith("pissa_niter_") and v[12:].isdigit()):
+            raise ValueError(f"true, false or one of {', '.join(LORA_INITS)}, pissa_niter_<n> (peft's init_lora_weights)")
+        return v
+
+
 class ModelSchema(_Open):
+    """The knobs the model loaders share (each loader's own argument list is checked by
+    flowrl.config.feasibility.check_arguments): typed and ranged before anything loads."""
+
     path: str | None = None
-    lora: dict | None = None
+    world: str | None = None
+    lora: LoraSchema | None = None
+    lora_weights: str | None = None
     precision: Literal["fp32", "bf16-autocast"] | None = None
+    device: str | None = None
+    dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] | None = None
+    autocast: bool | None = None
+    height: PosInt | None = None
+    width: PosInt | None = None
+    guidance_scale: NonNegFloat | None = None
+    cfg_detach_uncond: bool | None = None
+    integer_timesteps: bool | None = None
+    max_sequence_length: Annotated[int, Field(ge=1, le=512, description="T5's tokens")] | None = None
+    gradient_checkpointing: bool | None = None
+    compile: bool | None = None
+    cache_dir: str | None = None
+    text_encoders_offload: Literal["cpu", "delete", "keep"] | None = None
+    decode_batch_size: PosInt | None = None
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _no_lora(cls, v):
+        return None if v is False else v
+
+    @field_validator("world")
+    @classmethod
+    def _world(cls, v):
+        from flowrl.config.model_files import TINY_WORLDS
+
+        if v is not None and v not in TINY_WORLDS:
+            raise ValueError(f"one of {', '.join(TINY_WORLDS)} (an embedded world with shipped weights)")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        import re
+
+        if v is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("auto, cpu, mps, cuda or cuda:<index>")
+        return v
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_16(cls, v):
+        if v is not None and v % 16:
+            raise ValueError("a multiple of 16 (the VAE's 8x down-sampling, then 2x2 patches)")
+        return v
+
+    @field_validator("lora_weights")
+    @classmethod
+    def _adapter_dir(cls, v):
+        if v is not None and not Path(v).expanduser().is_dir():
+            raise ValueError("no such directory (an adapter written by save_pretrained)")
+        return v
 
 
 def _first_error(err: ValidationError, group: str) -> tuple[str, Any, str]:
@@ -255,6 +333,10 @@ def check_config(cfg) -> None:
             schema.model_validate(data)
         except ValidationError as err:
             raise ConfigError(*_first_error(err, group)) from None
+    from flowrl.config.feasibility import check_arguments
+
+    for group in ("model", "trainer"):  # +trainer.<kwarg> goes to Lightning's Trainer: a wrong one is one line
+        check_arguments(cfg, group)
     from flowrl.training.budget import Budget
 
     Budget.from_config(cfg.get("budget"))  # at most one budget (torch-free, so in well under a second)
@@ -398,12 +480,22 @@ def check_step_scheduler(cfg) -> None:
     from hydra.utils import instantiate
 
     from flowrl.config.errors import UserFacingError
+    from flowrl.config.feasibility import check_rollout_memory
 
     try:
         sched = instantiate(cfg.method.step_scheduler, sigma_grid=CHECK_SIGMA_GRID)
-        sched.plan(0).optimizer_steps(cfg.train.prompts_per_step)
+        plan = sched.plan(0)
     except Exception as err:
-        cause = err
-        while cause.__cause__ is not None:  # hydra's InstantiationException wraps the scheduler's own error
-            cause = cause.__cause__
-        raise UserFacingError(f"method={cfg.method.name}: {str(cause).splitlines()[0]}") from None
+        raise UserFacingError(f"method={cfg.method.name}: {_root_cause(err)}") from None
+    check_rollout_memory(cfg, plan)  # before laying out the update: an absurd G makes that slow too
+    try:
+        plan.optimizer_steps(cfg.train.prompts_per_step)
+    except Exception as err:
+        raise UserFacingError(f"method={cfg.method.name}: {_root_cause(err)}") from None
+
+
+def _root_cause(err: Exception) -> str:
+    """The first line of the innermost cause (hydra's InstantiationException wraps the scheduler's own error)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err).splitlines()[0]

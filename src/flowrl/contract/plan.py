@@ -381,10 +381,45 @@ class StepPlan:
             "trained_steps_per_prompt": g * self.update.trained_per_sample,
         }
 
-    def cost(self, num_prompts: int) -> dict[str, float]:
-        """What one iteration of `num_prompts` prompts costs, in a budget's units (flowrl.training.budget)."""
+    def cost(
+        self, num_prompts: int, latent_numel: int | None = None, image_numel: int | None = None, max_batch: int = 64
+    ) -> dict[str, float]:
+        """What one iteration of `num_prompts` prompts costs, in a budget's units (flowrl.training.budget),
+        and, given one sample's latent and image sizes (flowrl.config.feasibility.model_shapes), the
+        rollout's estimated peak memory in bytes (`rollout_memory_bytes`)."""
         b = self.budget()
-        return {"nfe": b["nfe_per_prompt"] * num_prompts, "reward_queries": b["reward_queries_per_prompt"] * num_prompts}
+        out = {"nfe": b["nfe_per_prompt"] * num_prompts, "reward_queries": b["reward_queries_per_prompt"] * num_prompts}
+        if latent_numel is not None and image_numel is not None:
+            out["rollout_memory_bytes"] = sum(self.rollout_memory(num_prompts, latent_numel, image_numel, max_batch).values())
+        return out
+
+    def rollout_memory(
+        self, num_prompts: int, latent_numel: int, image_numel: int, max_batch: int = 64, keep_images: int = 64
+    ) -> dict[str, int]:
+        """Estimated peak bytes of one rollout (flowrl.engine.rollout) of `num_prompts` prompts, by
+        what it holds at once, all fp32: "stored latents" (every state the update re-reads, the
+        noise drawn up front, the latents being scored, a step's temporaries), "log-probs" and
+        "decoded images" (one chunk of max_batch rows, plus the kept grid images). The model's own
+        weights and activations are not in it."""
+        p, g, t = num_prompts, self.group_size, self.num_steps
+        n = p * g
+        if self.trajectory == "sde":
+            lanes = 1 + len(self.intermediate_completions)
+            # latents [n, T+1], noise [T, n], the scored latents [n * lanes], v / mean / next of a step
+            latents = n * (t + 1) + t * n + n * lanes + 3 * n
+            log_probs, scored = n * t, n * lanes
+        else:
+            b, c = len(self.branches), len(self.branches[0].completions)
+            # anchor x and v per branch point, the branches' noise and successors, the completion
+            # lanes (concatenated), a jump's repeated x / v and its mean
+            latents = 2 * b * p + b * n + b * n + b * c * n + 3 * n
+            log_probs, scored = b * n, b * c * n
+        images = min(max_batch, scored) + min(keep_images, scored)
+        return {
+            "stored latents": 4 * latents * latent_numel,
+            "log-probs": 4 * log_probs,
+            "decoded images": 4 * images * image_numel,
+        }
 
     def trained_step_indices(self) -> list[int] | None:
         """Sigma indices where the trained jumps start, or None when drawn per sample."""
