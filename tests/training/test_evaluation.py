@@ -64,3 +64,17 @@ def test_category_means_group_by_the_rewards_categories():
         "val/category/geneval/overall": (1.0 + 0.5 + 1.0) / 3,
     }
     assert category_means(object(), "jpeg", scores, prompts) == {}  # a reward without categories logs none
+
+
+def test_held_out_subset_is_evenly_spaced_and_keeps_every_category():
+    from flowrl.data.geneval import split_specs
+    from flowrl.training.build import held_out_prompts
+
+    prompts = [s.prompt for s in split_specs("heldout")]  # 550, ordered category by category
+    assert held_out_prompts(prompts, None) == prompts and held_out_prompts(prompts, 10_000) == prompts
+    sub = held_out_prompts(prompts, 55)
+    assert len(sub) == 55 and sub == prompts[::10]  # 550 / 55: every 10th
+    cats = {s.prompt: s.category for s in split_specs("heldout")}
+    # 27 counting, 444 position, 76 colour-attribution prompts keep their tenth; the 3 colors
+    # prompts (fewer than the spacing of 10) may drop out
+    assert {cats[p] for p in sub} >= {"counting", "position", "color_attr"}

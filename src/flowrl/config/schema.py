@@ -64,6 +64,7 @@ class ValSchema(_Closed):
     full_precision: bool
     final_samples_per_prompt: PosInt | None = None
     ci_resamples: PosInt
+    max_prompts: PosInt | None = None
 
 
 class BudgetSchema(_Closed):

@@ -58,13 +58,24 @@ def _identity(batch):
 
 
 def prompt_loaders(data, cfg: DictConfig, iterations: int, start: int = 0):
-    """Train: the prompt batches of iterations start..iterations-1; val: all held-out prompts at once."""
+    """Train: the prompt batches of iterations start..iterations-1; val: the held-out prompts
+    (`held_out_prompts`) at once."""
     from torch.utils.data import DataLoader
 
     batches = PromptBatches(data.train, cfg.train.prompts_per_step, iterations, cfg.seed, start)
     train = DataLoader(batches, batch_size=None, collate_fn=_identity)
-    val = DataLoader(data.val, batch_size=len(data.val), collate_fn=list)
+    val_prompts = held_out_prompts(data.val, cfg.val.get("max_prompts"))
+    val = DataLoader(val_prompts, batch_size=len(val_prompts), collate_fn=list)
     return train, val
+
+
+def held_out_prompts(prompts: list[str], max_prompts: int | None) -> list[str]:
+    """All held-out prompts, or `val.max_prompts` of them evenly spaced through the list (which
+    the worlds order category by category, so each category keeps about its share; one with fewer
+    prompts than the spacing may drop out): the same subset for every method and seed."""
+    if max_prompts is None or max_prompts >= len(prompts):
+        return list(prompts)
+    return [prompts[i * len(prompts) // max_prompts] for i in range(max_prompts)]
 
 
 def calibration_prompts(data, cfg: DictConfig) -> list[str]:
