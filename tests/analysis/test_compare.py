@@ -263,9 +263,11 @@ def test_compare_groups_seeds_plots_and_logs_a_summary_run(tmp_path, capsys):
     from flowrl.analysis import SUMMARY_TAG
 
     summaries = [r for r in client.search_runs([exp]) if r.data.tags.get(SUMMARY_TAG) == "true"]
-    assert len(summaries) == 2  # the older one and this one
-    new = max(summaries, key=lambda r: r.info.start_time)
+    assert len(summaries) == 1  # it replaced the older one (deleted: MLflow's soft delete, restorable)
+    new = summaries[0]
     assert new.info.run_name == "compare" and new.info.status == "FINISHED"
+    old = new.data.tags["flowrl.summary.replaces"]
+    assert client.get_run(old).info.lifecycle_stage == "deleted"
     assert {a.path for a in client.list_artifacts(new.info.run_id)} == {p.name for p in out.iterdir()}
     # the UI view it shares: runs grouped by the method tag
     view = client.get_experiment(exp).tags["mlflow.sharedViewState.flowrl-compare"]

@@ -3,7 +3,8 @@ aggregated over seeds, as a table, plots, an MLflow UI view and a summary run.
 
 `compare()` (the body of `python -m flowrl.compare`) writes to its folder (default
 `outputs/compare/<experiment>/`), and logs as the artifacts of a summary run named "compare" (tag
-`flowrl.summary=true`) in the same experiment:
+`flowrl.summary=true`) in the same experiment, which replaces (soft-deletes) the summary an earlier
+call left for the same metric, grouping and baseline (`runs.replace_summaries`):
 - `table.md`: one row per group (the swept keys' values), `n` seeds, each held-out reward at the
   last evaluation and its change since the first one (the model before training, same prompts and
   noise, so the change is a paired difference), each as the mean over seeds and the half-width

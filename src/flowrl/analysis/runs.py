@@ -186,11 +186,13 @@ def log_summary_run(
 ) -> str:
     """A FINISHED run named "compare" (tag flowrl.summary=true, left out of later comparisons)
     holding the table, the plots (and paired.csv) as artifacts; `params` ({name: value}, e.g. the
-    paired comparison's baseline) logged besides the metric, keys and counts."""
+    paired comparison's baseline) logged besides the metric, keys and counts. It replaces the
+    summary an earlier call left for the same comparison (`replace_summaries`), once it is complete."""
     run = client.create_run(experiment_id, run_name=SUMMARY_RUN_NAME, tags={SUMMARY_TAG: "true"})
     rid = run.info.run_id
+    own = {"metric": metric, "by": ",".join(keys) or "-", **{k: str(v) for k, v in (params or {}).items()}}
     client.log_param(rid, "metric", metric)
-    client.log_param(rid, "by", ",".join(keys) or "-")
+    client.log_param(rid, "by", own["by"])
     client.log_param(rid, "runs_compared", n_finished)
     client.log_param(rid, "runs_left_out", n_left_out)
     for name, value in (params or {}).items():
@@ -198,4 +200,29 @@ def log_summary_run(
     for path in files:
         client.log_artifact(rid, str(path))
     client.set_terminated(rid, "FINISHED")
+    replaced = replace_summaries(client, experiment_id, rid, own)
+    if replaced:
+        client.set_tag(rid, "flowrl.summary.replaces", ",".join(replaced))
     return rid
+
+
+SUMMARY_IDENTITY = ("metric", "by", "baseline", "paired_by", "delta")  # what makes two summaries the same comparison
+
+
+def replace_summaries(client, experiment_id: str, keep: str, own: dict) -> list[str]:
+    """Delete (MLflow's soft delete: the UI's "deleted runs" can restore them) every other summary
+    run of the experiment that is the same comparison as `own` (the same metric, keys and baseline
+    params; one that logged none of them, from before these were logged, counts as the same), so a
+    re-run of compare replaces its summary instead of adding another. Summaries of another metric,
+    grouping or baseline stay. Returns the deleted run ids."""
+    deleted = []
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{SUMMARY_TAG}` = 'true'"):
+        if run.info.run_id == keep or run.info.run_name != SUMMARY_RUN_NAME:
+            continue
+        theirs = run.data.params
+        known = [k for k in SUMMARY_IDENTITY if k in theirs]
+        if any(theirs.get(k) != own.get(k) for k in SUMMARY_IDENTITY) and known:
+            continue
+        client.delete_run(run.info.run_id)
+        deleted.append(run.info.run_id)
+    return deleted
