@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from flowrl.rewards.shapes import ShapesReward
+from flowrl.rewards.geneval import GenEvalReward
 
 
-class FailingShapesReward(ShapesReward):
-    """The shapes reward, raising from its `fail_at`-th call on (a reward server that went away)."""
+class FailingReward(GenEvalReward):
+    """The geneval verifier, raising from its `fail_at`-th call on (a reward server that went away)."""
 
-    def __init__(self, min_area: int = 8, fail_at: int = 3):
+    def __init__(self, min_area: int = 16, fail_at: int = 3):
         super().__init__(min_area)
         self.fail_at, self.calls = fail_at, 0
 
@@ -23,10 +23,10 @@ class FailingShapesReward(ShapesReward):
         return super().score(images, prompts)
 
 
-class NaNShapesReward(ShapesReward):
-    """The shapes reward with NaN in its scores from its `nan_at`-th call on (`until` excluded)."""
+class NaNReward(GenEvalReward):
+    """The geneval verifier with NaN in its scores from its `nan_at`-th call on (`until` excluded)."""
 
-    def __init__(self, min_area: int = 8, nan_at: int = 2, until: int = 10**9):
+    def __init__(self, min_area: int = 16, nan_at: int = 2, until: int = 10**9):
         super().__init__(min_area)
         self.nan_at, self.until, self.calls = nan_at, until, 0
 

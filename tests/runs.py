@@ -1,5 +1,5 @@
 """Run sizes the whole-run tests share: two iterations of two prompts, G 3, T 4, an evaluation after
-each iteration at one sample per prompt (seconds per run on the tiny model)."""
+each iteration at one sample of 18 held-out prompts (seconds per run on the tiny model)."""
 
 SMALL = [
     "train.iterations=2",
@@ -7,6 +7,7 @@ SMALL = [
     "method.group_size=3",
     "method.num_steps=4",
     "val.samples_per_prompt=1",
+    "val.max_prompts=18",
     "val.num_steps=4",
     "trainer.val_check_interval=1",
 ]

@@ -4,8 +4,7 @@
     python -m flowrl.pretrain --world geneval --out /tmp/tiny_flux_geneval   # the compositional world
 
 --world shapes (default, the shipped model): flowrl.data.shapes at 32 px, patch 4, evaluated by
-the `shapes` reward. --world geneval: flowrl.data.geneval at 48 px, patch 6 (64 tokens of 108
-channels: today's tokens and forward FLOPs), the text table over the world's 23 words, training
+the `shapes` reward. --world geneval: flowrl.data.geneval at 32 px, patch 4 (the same 64 tokens), the text table over the world's 23 words, training
 prompts drawn by sample_specs("train") (a category uniformly, then a prompt), evaluated by the
 `geneval` verifier on train and held-out prompts, per category (experiments/compositional-world).
 
@@ -61,7 +60,7 @@ def world_config(world: str) -> dict:
         max_len = TinyFluxConfig.max_text_len
         if longest > max_len:
             raise ValueError(f"geneval prompts run to {longest} words, over max_text_len {max_len}")
-        return {"image_size": IMAGE_SIZE, "patch_size": 6, "vocab": [PAD, UNK, *vocabulary()]}
+        return {"image_size": IMAGE_SIZE, "vocab": [PAD, UNK, *vocabulary()]}
     raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
 
 

@@ -131,7 +131,7 @@ import hydra
 @hydra.main(version_base="1.3", config_path={conf!r}, config_name="train")
 def main(cfg):
     # what flowrl.train.main returns for Optuna: train()'s summary at cfg.optimized_metric
-    summary = {{"after/val/reward/shapes": 1.0 - (cfg.method.tau - 2.2) ** 2 - 0.01 * cfg.method.group_size}}
+    summary = {{"after/val/reward/geneval": 1.0 - (cfg.method.tau - 2.2) ** 2 - 0.01 * cfg.method.group_size}}
     return summary[cfg.optimized_metric]
 
 main()

@@ -176,10 +176,12 @@ def test_heldout_combinations_recombine_seen_parts():
 def test_prompts_factory_and_config(make_cfg):
     from hydra.utils import instantiate
 
-    data = instantiate(make_cfg("data=geneval").data)
+    data = instantiate(make_cfg("data=geneval", "data.balanced=false", "data.val_per_category=null").data)
     assert isinstance(data, PromptData)
     assert data.train == [s.prompt for s in split_specs("train")]
     assert data.val == [s.prompt for s in split_specs("heldout")]
+    default = instantiate(make_cfg().data)  # the default world: balanced stream, 128 held-out entries a category
+    assert len(default.val) == 4 * 128 and set(default.train) == set(data.train)
     only = g.prompts(categories=["position"])
     assert len(only.train) == 420 and len(only.val) == 444
     assert all(parse(p).category == "position" for p in only.train + only.val)
@@ -188,7 +190,7 @@ def test_prompts_factory_and_config(make_cfg):
 def test_render_is_deterministic_flat_and_in_range():
     specs = split_specs("all")[::37]
     a, b = render_batch(specs, seed=3), render_batch(specs, seed=3)
-    assert a.shape == (len(specs), 3, 48, 48) and a.dtype == torch.float32
+    assert a.shape == (len(specs), 3, 32, 32) and a.dtype == torch.float32
     assert torch.equal(a, b)
     assert not torch.equal(render_batch(specs, seed=4), a)
     assert np.array_equal(render(specs[0], 5), render(specs[0], random.Random(5)))
@@ -213,31 +215,31 @@ def test_layout_separates_objects_and_keeps_the_relation():
     rng = random.Random(0)
     for spec in all_specs():
         n = sum(o.count for o in spec.objects)
-        for size in (48, 64):
+        for size in (32, 48, 64):
             placed = layout(spec.objects, rng, size, spec.relation)
             _check_layout(placed, n, size, spec.relation)
             assert {(p.cx, p.cy) for p in placed} <= set(g.cell_centres(size))  # one cell each
-    # every pair of cells that stands in a relation is drawn (4 relations, 3 x 3 cells)
+    # every pair of cells that stands in a relation is drawn (4 relations, 2 x 2 cells)
     for rel in RELATIONS:
         seen = {
-            tuple((p.cx, p.cy) for p in layout([Obj("bar", "red"), Obj("square", "blue")], random.Random(i), 48, rel))
+            tuple((p.cx, p.cy) for p in layout([Obj("bar", "red"), Obj("square", "blue")], random.Random(i), 32, rel))
             for i in range(400)
         }
-        centres = g.cell_centres(48)
-        r = g.object_radius(48)
+        centres = g.cell_centres(32)
+        r = g.object_radius(32)
         expected = {
             (centres[i], centres[j])
-            for i in range(9)
-            for j in range(9)
+            for i in range(4)
+            for j in range(4)
             if i != j and satisfies(g.Placed("bar", "red", *centres[i], r), g.Placed("square", "blue", *centres[j], r), rel)
         }
-        # 'left of' (cells 16 px apart, r 6.5): a row's 3 ordered pairs x 3 rows, plus column 0 to
-        # column 2 one row up or down (along 32, across 16 <= 32 / 2) x 4 row pairs = 13
-        assert seen == expected and len(expected) == 13
+        # 'left of' (cells 16 px apart, r 6.5): the left cell of each row before its right one; a
+        # diagonal pair is 16 px along and 16 across (> 16 / 2), so no relation: 2 pairs
+        assert seen == expected and len(expected) == 2
     with pytest.raises(ValueError, match="do not fit"):
-        layout([Obj("bar", "red", 10)], rng, 48)
-    with pytest.raises(ValueError, match="use >= 48 px"):  # 32 px cells leave under MIN_RADIUS
-        layout([Obj("bar", "red")], rng, 32)
+        layout([Obj("bar", "red", 5)], rng, 32)
+    with pytest.raises(ValueError, match="use >= 32 px"):  # 8 px cells leave under MIN_RADIUS
+        layout([Obj("bar", "red")], rng, 16)
 
 
 def test_satisfies_is_strict_and_mirrored():
@@ -265,3 +267,22 @@ def test_sample_specs_balances_categories():
     assert set(held) <= set(split_specs("heldout"))
     uniform = Counter(s.category for s in sample_specs("all", 2000, rng, balanced=False))
     assert uniform["position"] > 1300  # 864 of 1143 prompts
+
+
+def test_balanced_train_stream_and_equal_held_out_entries_per_category():
+    from flowrl.data.geneval import parse, per_category, prompts
+
+    d = prompts(balanced=True, val_per_category=128)
+    train = Counter(parse(p).category for p in d.train)
+    # each category's prompts repeated round(420 / n) times: 3 x 140, 6 x 70, 45 x 9, 15 x 28, 420 x 1, 104 x 4
+    assert train == {"single_object": 420, "two_object": 420, "counting": 405, "colors": 420, "position": 420, "color_attr": 416}
+    assert set(d.train) == {s.prompt for s in split_specs("train")}  # every train prompt, no held-out one
+    val = Counter(parse(p).category for p in d.val)
+    assert val == {"counting": 128, "colors": 128, "position": 128, "color_attr": 128}
+    held = split_specs("heldout")
+    colors = [s.prompt for s in held if s.category == "colors"]
+    assert per_category([s for s in held if s.category == "colors"], 7) == (colors * 3)[:7]  # cycled in order
+    position = [s.prompt for s in held if s.category == "position"]
+    assert per_category([s for s in held if s.category == "position"], 4) == position[::111]  # 444 / 4, evenly spaced
+    plain = prompts()
+    assert plain.val == [s.prompt for s in held] and plain.train == [s.prompt for s in split_specs("train")]

@@ -25,6 +25,7 @@ SMALL = [
     "method.group_size=3",
     "method.num_steps=4",
     "val.samples_per_prompt=1",
+    "val.max_prompts=18",
     "val.num_steps=4",
     "trainer.val_check_interval=2",
     "train.checkpoint_every=0",
@@ -230,8 +231,8 @@ def test_nan_reward_skips_the_update_and_never_touches_the_weights(run_cfg, tmp_
     cfg = run_cfg(
         "nanreward",
         "method.num_branch_steps=2",
-        "reward=shapes",
-        f"reward._target_={HELPERS}.NaNShapesReward",
+        "reward=geneval",
+        f"reward._target_={HELPERS}.NaNReward",
         "+reward.nan_at=2",
         "+reward.until=3",
     )
@@ -286,14 +287,14 @@ def test_failing_reward_ends_failed_with_one_line_and_keeps_the_checkpoint(tmp_p
         4,
         f"hydra.run.dir={out}",
         "train.checkpoint_every=1",
-        "reward=shapes",
-        f"reward._target_={HELPERS}.FailingShapesReward",
+        "reward=geneval",
+        f"reward._target_={HELPERS}.FailingReward",
         "+reward.fail_at=3",
     )
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == "flowrl: reward 'shapes' failed in iteration 3: ConnectionError: reward server unreachable", proc.stderr[
+    assert last == "flowrl: reward 'geneval' failed in iteration 3: ConnectionError: reward server unreachable", proc.stderr[
         -2000:
     ]
     assert "Traceback" not in proc.stderr
@@ -339,8 +340,8 @@ def test_a_failing_job_is_failed_and_the_others_finish(tmp_path, launcher):
         tmp_path,
         "sweep",
         2,
-        "reward=shapes",
-        f"reward._target_={HELPERS}.FailingShapesReward",
+        "reward=geneval",
+        f"reward._target_={HELPERS}.FailingReward",
         "+reward.fail_at=1000000,2",  # job 0 never fails, job 1 in its 2nd iteration
         multirun=True,
     )

@@ -59,16 +59,17 @@ def test_two_iterations_on_real_format_checkpoints(make_cfg, tmp_path, hps_ckpt,
         "reward=hps",
         f"reward.checkpoint={ckpt}",
         f"reward.arch={arch}",
-        "~eval_rewards.shapes",  # the synthetic-world checker only makes sense on the tiny model's images
+        "~eval_rewards.geneval",  # the synthetic-world checker only makes sense on the tiny model's images
         "train.iterations=2",
         "train.prompts_per_step=1",
         "train.max_batch=4",
         "val.samples_per_prompt=1",
+        "val.max_prompts=4",
         "val.num_steps=4",
         "trainer.val_check_interval=1",
     ]
     summary = train(make_cfg(*overrides, output_dir=tmp_path / "run"))
-    assert {"after/val/reward/tiny_clip", "after/val/reward/jpeg"} <= set(summary)
+    assert {"after/val/reward/geneval_clip", "after/val/reward/jpeg"} <= set(summary)
     assert (tmp_path / "run" / "final_model" / "pytorch_lora_weights.safetensors").is_file()
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("real-e2e").experiment_id])[0]

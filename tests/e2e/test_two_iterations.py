@@ -45,7 +45,7 @@ def test_two_iterations_end_to_end(make_cfg, tmp_path, method):
     assert method in RUNS, "a new method: give its small run and work its optimizer steps by hand in RUNS"
     overrides, optimizer_steps = RUNS[method]
     summary = train(make_cfg(*SMALL, f"method={method}", "logger.experiment_name=e2e", *overrides))
-    assert {"before/val/reward/shapes", "after/val/reward/shapes", "after/val/reward/tiny_clip"} <= set(summary)
+    assert {"before/val/reward/geneval", "after/val/reward/geneval", "after/val/reward/geneval_clip"} <= set(summary)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
     assert run.info.status == "FINISHED" and method in run.info.run_name
@@ -55,8 +55,8 @@ def test_two_iterations_end_to_end(make_cfg, tmp_path, method):
         "train/clip_frac",
         "train/approx_kl",
         "train/ratio_mean",
-        "train/reward/tiny_clip",
-        "val/reward/shapes",
+        "train/reward/geneval",
+        "val/reward/geneval",
         "perf/nfe",
         "perf/nfe_total",
         "perf/optimizer_steps",
@@ -69,7 +69,7 @@ def test_two_iterations_end_to_end(make_cfg, tmp_path, method):
     # Held-out rewards are logged at the number of iterations completed: before training (0) and
     # after iterations 1 and 2 (val_check_interval 1; the last one is also the final evaluation,
     # not repeated), each with the NFE spent so far as val/nfe_total (the x-axis methods share).
-    history = client.get_metric_history(run.info.run_id, "val/reward/shapes")
+    history = client.get_metric_history(run.info.run_id, "val/reward/geneval")
     assert sorted(h.step for h in history) == [0, 1, 2]
     nfe = sorted((h.step, h.value) for h in client.get_metric_history(run.info.run_id, "val/nfe_total"))
     # Before training the x-axis holds what was already spent: nothing, except DenseGRPO's

@@ -1,5 +1,5 @@
 """`python -m flowrl.pretrain --world geneval`: a few steps of the compositional world's model
-(48 px, 6 px patches, the world's vocabulary) load, sample 48 x 48 images, and the verifier's
+(32 px, 4 px patches, the world's vocabulary) load, sample 32 x 32 images, and the verifier's
 train / held-out scores per category land in pretrain_metrics.json."""
 
 import json
@@ -21,8 +21,8 @@ def test_pretrain_geneval_world(tmp_path):
 
     model = TinyFluxModel.from_pretrained(out)
     cfg = model.config
-    assert (cfg.image_size, cfg.patch_size, cfg.tokens_per_side) == (48, 6, 8)
-    assert model.latent_shape == (64, 108)  # today's 64 tokens, 3 * 6 * 6 channels
+    assert (cfg.image_size, cfg.patch_size, cfg.tokens_per_side) == (32, 4, 8)
+    assert model.latent_shape == (64, 48)  # the shapes model's 64 tokens of 3 * 4 * 4 channels
     assert set(vocabulary()) <= set(cfg.vocab)
     # every word of every prompt is in the table (no <unk>), and no prompt is cut
     prompts = [s.prompt for split in ("train", "heldout") for s in split_specs(split)]
@@ -31,7 +31,7 @@ def test_pretrain_geneval_world(tmp_path):
     assert max(len(p.split()) for p in prompts) <= cfg.max_text_len
 
     images = generate(load_tiny_flux(path=str(out)), prompts[:3], num_steps=2, seed=0)
-    assert images.shape == (3, 3, 48, 48)
+    assert images.shape == (3, 3, 32, 32)
     assert images.min() >= 0 and images.max() <= 1
 
     metrics = json.loads((out / "pretrain_metrics.json").read_text())

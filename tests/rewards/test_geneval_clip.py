@@ -22,14 +22,16 @@ def test_world_picks_its_shipped_files(tiny_clip, geneval_clip):
     assert TINY_CLIP_FILES["shapes"][0].parent.name == "tiny_clip"
     # the component key (val/reward/<name> under the eval key, the training path's weights)
     assert (tiny_clip.name, tiny_clip.image_size) == ("tiny_clip", 32)
-    assert (geneval_clip.name, geneval_clip.image_size) == ("geneval_clip", 48)
+    assert (geneval_clip.name, geneval_clip.image_size) == ("geneval_clip", 32)  # both worlds render at 32 px
     images = render_batch(all_specs()[:2], seed=0)
     assert set(geneval_clip.components(images, ["a circle", "a square"])) == {"geneval_clip"}
 
 
-def test_explicit_files_win_over_the_world(tmp_path):
+def test_explicit_files_win_over_the_world(tmp_path, tiny_clip, geneval_clip):
     arch, weights = TINY_CLIP_FILES["geneval"]
-    assert TinyClipReward(checkpoint=weights, arch=arch).image_size == 48  # world "shapes", geneval's files
+    explicit = TinyClipReward(checkpoint=weights, arch=arch)  # world "shapes", geneval's files
+    w = explicit.model.visual.conv1.weight
+    assert torch.equal(w, geneval_clip.model.visual.conv1.weight) and not torch.equal(w, tiny_clip.model.visual.conv1.weight)
     with pytest.raises(FileNotFoundError) as e:
         TinyClipReward(checkpoint=tmp_path / "nope.safetensors", world="geneval")
     msg = str(e.value)
@@ -77,7 +79,7 @@ def test_train_geneval_world_runs(tmp_path):
         ["--world", "geneval", "--steps", "2", "--batch", "8", "--threads", "1", "--out", str(tmp_path), "--eval-per-prompt", "0"]
     )
     arch, weights = (tmp_path / f.name for f in TINY_CLIP_FILES["geneval"])
-    assert json.loads(arch.read_text())["vision_cfg"]["image_size"] == 48
+    assert json.loads(arch.read_text())["vision_cfg"]["image_size"] == 32
     metrics = json.loads((tmp_path / "train_metrics.json").read_text())
     assert metrics["world"] == "geneval" and metrics["steps"] == 2 and metrics["batch"] == 8
     reward = TinyClipReward(checkpoint=weights, arch=arch, world="geneval")

@@ -63,7 +63,7 @@ def test_nfe_budget_stops_at_the_budget_and_evaluates_at_its_fractions(make_cfg,
     run, nfe = _history(tmp_path, "perf/nfe_total")
     assert run.info.status == "FINISHED"
     assert nfe[-1] == (7, 112.0) and [s for s, _ in nfe] == list(range(1, 8))
-    assert [s for s, _ in _history(tmp_path, "val/reward/shapes")[1]] == [0, 2, 4, 5, 7]
+    assert [s for s, _ in _history(tmp_path, "val/reward/geneval")[1]] == [0, 2, 4, 5, 7]
     assert _history(tmp_path, "val/nfe_total")[1] == [(0, 0.0), (2, 32.0), (4, 64.0), (5, 80.0), (7, 112.0)]
     assert "perf/wall_total" in run.data.metrics
     assert run.data.metrics["perf/reward_queries_total"] == 7 * 2 * 2
@@ -79,5 +79,5 @@ def test_wall_budget_stops_after_the_iteration_that_spends_it(make_cfg, tmp_path
     train(make_cfg(*SMALL, "budget.wall_s=4"))
     _, wall = _history(tmp_path, "perf/wall_total")
     assert wall[-1][1] >= 4.0 and (len(wall) == 1 or wall[-2][1] < 4.0)
-    steps = [s for s, _ in _history(tmp_path, "val/reward/shapes")[1]]
+    steps = [s for s, _ in _history(tmp_path, "val/reward/geneval")[1]]
     assert steps[0] == 0 and steps[-1] == wall[-1][0] and len(steps) == len(set(steps))

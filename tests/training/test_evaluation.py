@@ -38,12 +38,12 @@ def test_endpoint_evaluations_are_larger_and_logged_with_intervals(make_cfg, tmp
     train(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("eval").experiment_id])
-    history = client.get_metric_history(run.info.run_id, "val/reward/shapes")
+    history = client.get_metric_history(run.info.run_id, "val/reward/geneval")
     # 0 (endpoint), 1 (between), 2 (the last iteration's evaluation is the final one: endpoint
     # size, not repeated)
     assert [m.step for m in history] == [0, 1, 2]
-    lows = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_ci/shapes/low")}
-    highs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_ci/shapes/high")}
+    lows = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_ci/geneval/low")}
+    highs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_ci/geneval/high")}
     for m in history:
         assert lows[m.step] <= m.value + 1e-6 and m.value <= highs[m.step] + 1e-6
 

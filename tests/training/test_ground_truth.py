@@ -11,9 +11,13 @@ from flowrl.training.tracking import run_tags
 @pytest.mark.parametrize(
     "overrides, tag",
     [
-        ([], "val/reward/shapes"),  # auto: the first eval reward of eval_rewards=tiny
+        (
+            [],
+            "val/category/geneval/overall",
+        ),  # auto: the first eval reward of eval_rewards=geneval, by category: GenEval's overall
         (["eval_rewards=real"], "val/reward/hps"),  # auto: the first of the real panel
-        (["ground_truth=tiny_clip"], "val/reward/tiny_clip"),  # named explicitly
+        (["ground_truth=geneval_clip"], "val/reward/geneval_clip"),  # named explicitly
+        (["experiment=shapes_world"], "val/reward/shapes"),  # the first world: a reward without categories
     ],
 )
 def test_the_ground_truth_tag(make_cfg, overrides, tag):
@@ -27,5 +31,5 @@ def test_the_paper_presets_name_their_headline_metric(make_cfg):
 
 
 def test_a_ground_truth_that_is_not_evaluated_is_refused(make_cfg):
-    with pytest.raises(ConfigError, match=r"ground_truth=hps: auto or one of the eval rewards \(shapes, tiny_clip, jpeg\)"):
+    with pytest.raises(ConfigError, match=r"ground_truth=hps: auto or one of the eval rewards \(geneval, geneval_clip, jpeg\)"):
         check_config(make_cfg("ground_truth=hps"))

@@ -24,7 +24,7 @@ def test_lora_training_with_kl_uses_the_disabled_adapter_as_reference(make_cfg, 
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora" in n for n in trainable)
     summary = train(cfg)
-    assert "after/val/reward/shapes" in summary
+    assert "after/val/reward/geneval" in summary
     saved = load_file(str(tmp_path / "final_model" / "pytorch_lora_weights.safetensors"))
     assert saved and all("lora" in k for k in saved)
 
@@ -51,7 +51,7 @@ def test_crash_mid_training_marks_the_run_failed_and_keeps_what_was_logged(make_
     assert status_during_training == ["RUNNING"]
     run = client.search_runs([client.get_experiment_by_name("crash").experiment_id])[0]
     assert run.info.status == "FAILED"
-    assert "val/reward/shapes" in run.data.metrics  # the validation before training is kept
+    assert "val/reward/geneval" in run.data.metrics  # the validation before training is kept
 
 
 def test_known_lightning_noise_is_silenced_and_nothing_else(caplog):

@@ -152,7 +152,8 @@ def noise_vs_spread(g, metric: str) -> dict[str, float]:
     SD). An evaluation is large enough when eval SE <= seed SD / 4: then seeds, not the
     evaluation, limit what a comparison can resolve."""
     name = metric.removeprefix("val/reward/")
-    low, high = f"metrics.val_ci/{name}/low", f"metrics.val_ci/{name}/high"
+    ci = metric.replace("val/reward/", "val_ci/", 1) if metric.startswith("val/reward/") else metric.replace("val/", "val_ci/", 1)
+    low, high = f"metrics.{ci}/low", f"metrics.{ci}/high"
     if low not in g.columns or high not in g.columns:
         return {}
     se = ((g[high] - g[low]) / (2 * 1.959964)).mean()

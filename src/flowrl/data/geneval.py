@@ -32,37 +32,22 @@ most 8 words (the tiny model's max_text_len). 1143 prompts in all (single_object
 Images: objects of the palette on a black background (black is no object colour; the closest
 palette colour to it is green at RGB distance 0.73, the closest pair in the palette blue/purple at
 0.55), flat colours, no antialiasing, so snapping a rendering to the palette recovers it exactly.
-Layout: a 3 x 3 grid of 16 px cells; each object sits centred in a cell of its own, drawn at
-random, all objects of one half-size (6.5 px at 48 px, the largest that keeps GAP px between
-neighbours' boxes: a 13 x 13 square, a 13 x 6.5 bar). A position prompt's pair takes two cells that
-stand in the relation under the renderer's rule (`satisfies`: along the axis by >= rA + rB + GAP,
-off it by at most half of that), which GenEval's rule (flowrl.rewards.geneval.relations) reads as
-the relation with a wide margin and its mirror as the opposite. Discrete cells, not uniform
-centres and sizes, on purpose: with uniform placement the 64-token tiny model, pretrained for
-1000 steps, drew a soup of patch-sized fragments (experiments/compositional-world/README.md); a
-prompt's images are now a small set of layouts it can learn, and GRPO still has every relation,
-count and binding to get right.
+Layout: a 2 x 2 grid of 16 px cells; each object sits centred in a cell of its own, drawn at
+random, all objects of one half-size (6.5 px at 32 px, the largest that keeps GAP px between
+neighbours' boxes: a 13 x 13 square, a 13 x 6.5 bar), so four objects fill the canvas. A position
+prompt's pair takes two cells that stand in the relation under the renderer's rule (`satisfies`:
+along the axis by >= rA + rB + GAP, off it by at most half of that: side by side in a row for
+left / right, one above the other for above / below), which GenEval's rule
+(flowrl.rewards.geneval.relations) reads as the relation with a wide margin and its mirror as the
+opposite. Discrete cells, not uniform centres and sizes, on purpose: the 64-token tiny model,
+pretrained for 1000 steps on uniform layouts at 48 px, drew a soup of patch-sized fragments
+(experiments/compositional-world/README.md); a prompt's images are now a few layouts it can learn,
+and GRPO still has every relation, count and binding to get right.
 
-Resolution: 48 px. Forward cost of the tiny model (its shipped architecture, random weights,
-batch 64, no grad; experiments/compositional-world/forward_cost.py; CPU, 1 thread, the fastest
-of 3 rounds of torch.utils.benchmark medians; three runs, the third on 2 threads, on a shared
-2-core machine: loose to ~30%, the FLOPs are exact; no GPU was lent to this task):
-
-  size  patch  tokens  channels  ms/forward (3 runs)     GFLOPs (x today)
-   32     4      64       48     253 / 275 / 284       11.9 (1.0)   <- today's model
-   48     4     144       48     851 / 734 / 642       27.5 (2.3)
-   48     6      64      108     307 / 246 / 256       11.9 (1.0)
-   64     4     256       48    1841 / 1224 / 1338     53.6 (4.5)
-   64     8      64      192     324 / 266 / 296       11.9 (1.0)
-
-At 32 px, objects at the verifier's smallest exact size (MIN_RADIUS 4 px: 8 px boxes) leave no
-room for four at random: a third of the four-object draws end in the grid fallback, and a 4 px
-patch is half an object. At 64 px with 4 px patches a forward costs 4.5x today's FLOPs (and 4.5-7x
-its CPU time); with 8 px patches a token is a whole small object of 192 channels. 48 px keeps
-every object >= 8 px across, places four at random in every draw we measured (0 fallbacks in
-2000), and costs 2.3x today's FLOPs with 4 px patches (144 tokens), or today's with 6 px patches
-(64 tokens of 108 channels). The patch is the retraining step's choice
-(TinyFluxConfig(image_size=48, patch_size=4 or 6)).
+Resolution: 32 px with the shipped model's 4 px patches (64 tokens of 48 channels: the `shapes`
+world's cost, so `make train` keeps its speed). 48 px with 6 px patches (also 64 tokens) and
+uniform layouts was tried first and not learnt (experiments/compositional-world/README.md, with
+the forward costs of 32 / 48 / 64 px measured there).
 
 Splits (held out by composition, not by string): a prompt is held out when it contains any of
   - a held-out colour-shape binding (HELDOUT_BINDINGS: yellow bar, blue square, white
@@ -94,7 +79,7 @@ import torch
 
 from flowrl.data.shapes import COLORS
 
-IMAGE_SIZE = 48
+IMAGE_SIZE = 32
 BACKGROUND: tuple[float, float, float] = (0.0, 0.0, 0.0)
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -109,7 +94,7 @@ MIN_RADIUS = 4.0  # px: the smallest half-size at which the verifier reads the a
 # in units of the half-size r.
 SHAPES: tuple[str, ...] = ("bar", "square", "pillar")
 EXTENT: dict[str, tuple[float, float]] = {"bar": (1.0, 0.5), "square": (1.0, 1.0), "pillar": (0.5, 1.0)}
-GRID = 3  # objects sit centred in the cells of a GRID x GRID layout (see `layout`)
+GRID = 2  # objects sit centred in the cells of a GRID x GRID layout (see `layout`)
 
 HELDOUT_BINDINGS = frozenset({("yellow", "bar"), ("blue", "square"), ("white", "pillar")})
 HELDOUT_COUNTS = frozenset({(2, "pillar"), (3, "bar"), (4, "square")})
@@ -273,14 +258,47 @@ def split_specs(split: str, categories: Sequence[str] | None = None) -> list[Spe
     return [s for s in specs if s.category in categories]
 
 
-def prompts(train_split: str = "train", val_split: str = "heldout", categories: Sequence[str] | None = None):
-    """Hydra entry point (`data=geneval`): the world's prompts as flowrl.data.prompts.PromptData."""
+def prompts(
+    train_split: str = "train",
+    val_split: str = "heldout",
+    categories: Sequence[str] | None = None,
+    balanced: bool = False,
+    val_per_category: int | None = None,
+):
+    """Hydra entry point (`data=geneval`): the world's prompts as flowrl.data.prompts.PromptData.
+    balanced: the train list repeats each category's prompts so that every category has about the
+    same share of it (position, 420 of 593 train prompts, would otherwise fill 71% of the prompt
+    stream). val_per_category: the held-out list holds exactly that many entries of each category
+    (its prompts cycled in order, or evenly spaced when it has more), so that GenEval's overall,
+    the mean over categories, is not dominated by the noise of its smallest one (3 held-out colors
+    prompts next to 444 position ones); an entry repeated gets its own fixed noise (one image per
+    list entry at val.samples_per_prompt 1). None: every held-out prompt once."""
     from flowrl.data.prompts import PromptData
 
     cats = list(categories) if categories is not None else None
-    return PromptData(
-        train=[s.prompt for s in split_specs(train_split, cats)], val=[s.prompt for s in split_specs(val_split, cats)]
-    )
+    train = split_specs(train_split, cats)
+    if balanced:
+        by_cat: dict[str, list[Spec]] = {}
+        for s in train:
+            by_cat.setdefault(s.category, []).append(s)
+        largest = max(len(v) for v in by_cat.values())
+        train = [s for specs in by_cat.values() for s in specs * round(largest / len(specs))]
+    val = [s.prompt for s in split_specs(val_split, cats)]
+    if val_per_category is not None:
+        val = per_category(split_specs(val_split, cats), val_per_category)
+    return PromptData(train=[s.prompt for s in train], val=val)
+
+
+def per_category(specs: Sequence[Spec], n: int) -> list[str]:
+    """n prompts of each category of specs: cycled in order when it has fewer, evenly spaced when more."""
+    by_cat: dict[str, list[Spec]] = {}
+    for s in specs:
+        by_cat.setdefault(s.category, []).append(s)
+    out = []
+    for group in by_cat.values():
+        k = len(group)
+        out += [group[i % k].prompt if k <= n else group[i * k // n].prompt for i in range(n)]
+    return out
 
 
 # ---- parsing: the reward receives prompt strings --------------------------------------------
@@ -354,10 +372,10 @@ def cell_centres(size: int = IMAGE_SIZE) -> list[tuple[float, float]]:
 
 def object_radius(size: int = IMAGE_SIZE) -> float:
     """Every object's half-size: the largest that keeps GAP px between neighbouring cells' boxes
-    (6.5 px at 48: a 13 x 13 square, a 13 x 6.5 bar)."""
-    r = math.floor(size / GRID - GAP) / 2  # whole px boxes: 6.5 at 48, 9 at 64
+    (6.5 px at 32: a 13 x 13 square, a 13 x 6.5 bar)."""
+    r = math.floor(size / GRID - GAP) / 2  # whole px boxes: 6.5 at 32, 10.5 at 48
     if r < MIN_RADIUS:
-        raise ValueError(f"a {size} px canvas gives objects of half-size {r:.2f} px, under {MIN_RADIUS:g}: use >= 48 px")
+        raise ValueError(f"a {size} px canvas gives objects of half-size {r:.2f} px, under {MIN_RADIUS:g}: use >= 32 px")
     return r
 
 
@@ -375,9 +393,7 @@ def satisfies(a: Placed, b: Placed, relation: str) -> bool:
     return along >= a.r + b.r + GAP and abs(across) <= along / 2
 
 
-def layout(
-    objects: Sequence[Obj], rng: random.Random, size: int = IMAGE_SIZE, relation: str | None = None
-) -> list[Placed]:
+def layout(objects: Sequence[Obj], rng: random.Random, size: int = IMAGE_SIZE, relation: str | None = None) -> list[Placed]:
     """Each object (an Obj expands to `count` copies; a colour-free Obj gets a random palette colour
     per copy) centred in its own cell of the GRID x GRID layout, cells drawn at random, every object
     of half-size object_radius(size). With a relation, objects[0] and objects[1] (one each) take a

@@ -23,7 +23,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY_CLIP_DIR = ASSETS / "tiny_clip"
 TINY_CLIP_ARCH = TINY_CLIP_DIR / "flowrl-tiny-clip.json"
 TINY_CLIP_WEIGHTS = TINY_CLIP_DIR / "flowrl-tiny-clip.safetensors"
-# The same architecture trained on flowrl.data.geneval (48 px). Its own file stem: open_clip
+# The same architecture trained on flowrl.data.geneval (32 px). Its own file stem: open_clip
 # registers a config JSON under its stem, so two worlds' files of one name would shadow each other.
 TINY_CLIP_GENEVAL_DIR = ASSETS / "tiny_clip_geneval"
 TINY_CLIP_FILES: dict[str, tuple[Path, Path]] = {
@@ -213,12 +213,10 @@ class TinyClipReward(OpenClipReward):
 
 
 def tiny_clip_config(world: str = "shapes") -> dict:
-    """The tiny open_clip architecture (written next to the weights as an open_clip model config).
-    geneval: the same model at the world's 48 px, with 6 px patches (64 tokens, as at 32 px / 4 px)."""
+    """The tiny open_clip architecture (written next to the weights as an open_clip model config):
+    32 px, 4 px patches, for both worlds (each is rendered at 32 px)."""
     vision = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 4}
-    if world == "geneval":
-        vision |= {"image_size": 48, "patch_size": 6}
-    elif world != "shapes":
+    if world not in ("shapes", "geneval"):
         raise ValueError(f"tiny_clip world must be one of {sorted(TINY_CLIP_FILES)}, got {world!r}")
     return {
         "embed_dim": 64,

@@ -6,7 +6,7 @@
 shapes (default): each step is one batch of all 90 prompts (no duplicate captions, so every
 off-diagonal pair is a true negative), freshly rendered at random size/position, plus Gaussian
 pixel noise of random strength so the scorer also reacts to the noisy images a generator
-produces. geneval (flowrl.data.geneval, 48 px, 1143 prompts): each step `--batch` distinct
+produces. geneval (flowrl.data.geneval, 32 px, 1143 prompts): each step `--batch` distinct
 prompts drawn without replacement from all of them (optionally up to `--hard-fraction` of the
 batch a drawn prompt's hard negative: its colours swapped, its relation mirrored; default 0, as
 0.5 measured no better at 600 steps). Captions all differ, yet a
@@ -15,7 +15,7 @@ square", "a red circle left of a blue square" / "a blue square right of a red ci
 less specific caption: "a circle"): such off-diagonal pairs are false negatives, a handful per
 uniform batch, which caps the exact-caption top-1 (the verified top-1 counts any caption the
 rule verifier accepts). Rendered and noised as shapes; the architecture is the same at
-48 px with 6 px patches (64 tokens). Trained on all prompts: the reward model knows the whole
+32 px with 4 px patches (64 tokens), as for shapes. Trained on all prompts: the reward model knows the whole
 world; only the generator has held-out prompts. Weights are stored fp16 (the 49k-token BPE
 embedding dominates the size).
 """

@@ -179,7 +179,7 @@ def evaluate_before(cfg: DictConfig, logger, module, trainer, data, val_loader, 
     from flowrl.training.tracking import first_logged
 
     if resumed:
-        return first_logged(logger, "val/reward/") if is_rank_zero() else {}
+        return (first_logged(logger, "val/reward/") | first_logged(logger, "val/category/")) if is_rank_zero() else {}
     module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates
     return held_out_rewards(trainer, module, val_loader)
 
@@ -187,7 +187,7 @@ def evaluate_before(cfg: DictConfig, logger, module, trainer, data, val_loader, 
 def evaluate_after(module, trainer, val_loader) -> dict[str, float]:
     """The final evaluation, unless the loop just made it (its last iteration was an evaluation point)."""
     if module.evaluated_at == module.iteration and module.last_eval_final:
-        return {f"val/reward/{k}": v for k, v in module.last_eval.items()}
+        return {f"val/reward/{k}": v for k, v in module.last_eval.items()} | module.last_categories
     return held_out_rewards(trainer, module, val_loader)
 
 

@@ -53,6 +53,7 @@ class ValConfig:
     # null = samples_per_prompt. Their noise is fixed by val.seed, as the others'.
     final_samples_per_prompt: int | None = None
     ci_resamples: int = 1000  # bootstrap resamples (over prompts) of each score's 95% interval
+    max_prompts: int | None = None  # held-out prompts evaluated (the loader's subset, flowrl.training.build)
 
     def samples(self, final: bool) -> int:
         return (self.final_samples_per_prompt or self.samples_per_prompt) if final else self.samples_per_prompt
@@ -100,6 +101,7 @@ class GRPOModule(L.LightningModule):
         self.evaluated_at = -1  # iterations completed at the last held-out evaluation
         self.last_eval: dict[str, float] = {}
         self.last_eval_final = False  # the last evaluation had the endpoint size (val.final_samples_per_prompt)
+        self.last_categories: dict[str, float] = {}  # its val/category/* metrics (GenEval's per category)
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite value, in all
         self.consecutive_skips = 0
         self.max_consecutive_skips = int(max_consecutive_skips)
@@ -151,6 +153,7 @@ class GRPOModule(L.LightningModule):
         return {k: getattr(self, k) for k in self.PROGRESS} | {
             "last_eval": dict(self.last_eval),
             "last_eval_final": self.last_eval_final,
+            "last_categories": self.last_categories,
         }
 
     def load_progress_state(self, state: dict) -> None:
@@ -158,6 +161,7 @@ class GRPOModule(L.LightningModule):
             setattr(self, k, type(getattr(self, k))(state[k]))
         self.last_eval = dict(state.get("last_eval", {}))
         self.last_eval_final = bool(state.get("last_eval_final", False))
+        self.last_categories = dict(state.get("last_categories", {}))
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -381,6 +385,10 @@ class GRPOModule(L.LightningModule):
             )
         scores = {name: reward(images, rows).float().cpu() for name, reward in self.eval_rewards.items()}
         means = {name: s.mean().item() for name, s in scores.items()}
+        categories = {}  # val/category/<reward>/<category>, GenEval's overall and its interval
+        for name, s in scores.items():
+            categories |= category_means(self.eval_rewards[name], name, s, rows, per_prompt, cfg.ci_resamples, cfg.seed)
+        self.last_categories = {k: v for k, v in categories.items() if k.startswith("val/category/")}
         # an evaluation of the endpoint size counts as the final one (the loop need not repeat it)
         self.evaluated_at, self.last_eval = self.iteration, dict(means)
         self.last_eval_final = per_prompt == cfg.samples(final=True)
@@ -389,7 +397,7 @@ class GRPOModule(L.LightningModule):
             for name, s in scores.items():
                 low, high = bootstrap_ci(s.view(len(prompts), per_prompt), cfg.ci_resamples, cfg.seed)
                 metrics |= {f"val_ci/{name}/low": low, f"val_ci/{name}/high": high}
-                metrics |= category_means(self.eval_rewards[name], name, s, rows)
+            metrics |= categories
             self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
         if hasattr(self.logger, "run_id"):
             from flowrl.training.tracking import log_image_grid
@@ -405,17 +413,35 @@ class GRPOModule(L.LightningModule):
         n = len(prompts) * self.val_cfg.samples(final=True)
         for name, value in means.items():
             self.log(f"val/reward/{name}", value, batch_size=n, prog_bar=name == next(iter(means)), logger=False)
+        for key, value in self.last_categories.items():
+            self.log(key, value, batch_size=n, logger=False)
 
 
-def category_means(reward, name: str, scores: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+def category_means(
+    reward, name: str, scores: torch.Tensor, prompts: list[str], per_prompt: int = 1, resamples: int = 0, seed: int = 0
+) -> dict[str, float]:
     """`val/category/<name>/<category>` for a reward that groups prompts by category (GenEval's
-    verifier), and `.../overall`, GenEval's headline number: the mean over the categories present."""
+    verifier), `.../overall`, GenEval's headline number: the mean over the categories present,
+    and with `resamples` its bootstrap 95% interval `val_ci/category/<name>/overall/low|high`
+    (prompts resampled within each category: `prompts` holds each prompt per_prompt times in a row)."""
     if not hasattr(reward, "categories"):
         return {}
     cats = reward.categories(prompts)
-    acc = {c: scores[[i for i, x in enumerate(cats) if x == c]].mean().item() for c in dict.fromkeys(cats)}
+    rows = {c: [i for i, x in enumerate(cats) if x == c] for c in dict.fromkeys(cats)}
+    acc = {c: scores[r].mean().item() for c, r in rows.items()}
     out = {f"val/category/{name}/{c}": v for c, v in acc.items()}
-    return out | {f"val/category/{name}/overall": sum(acc.values()) / len(acc)} if acc else out
+    if not acc:
+        return out
+    out[f"val/category/{name}/overall"] = sum(acc.values()) / len(acc)
+    if resamples:
+        g = torch.Generator().manual_seed(seed)
+        boot = torch.zeros(resamples)
+        for r in rows.values():  # [prompts of c, per_prompt] -> per-prompt means, resampled
+            per = scores[r].float().view(-1, per_prompt).mean(1)
+            boot += per[torch.randint(len(per), (resamples, len(per)), generator=g)].mean(1) / len(rows)
+        low, high = torch.quantile(boot, torch.tensor([0.025, 0.975])).tolist()
+        out |= {f"val_ci/category/{name}/overall/low": low, f"val_ci/category/{name}/overall/high": high}
+    return out
 
 
 def bootstrap_ci(scores: torch.Tensor, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:

@@ -386,17 +386,28 @@ def run_tags(cfg) -> dict[str, str]:
         tags["budget"] = budget
     truth = ground_truth(resolved)
     if truth is not None:  # the held-out metric that judges the run (flowrl.compare's default)
-        tags["ground_truth"] = f"val/reward/{truth}"
+        tags["ground_truth"] = truth
     return tags
 
 
 def ground_truth(resolved: dict) -> str | None:
-    """The eval reward named by `ground_truth`; `auto`: the first of `eval_rewards` (each option
-    lists its ground truth first: shapes for the embedded world, HPS for the real panel)."""
+    """The metric key of the eval reward named by `ground_truth` (`auto`: the first of
+    `eval_rewards`, each option lists its ground truth first: geneval for the compositional world,
+    shapes for the first one, HPS for the real panel): val/reward/<name>, or for a reward that
+    scores prompts by category (the geneval verifier) GenEval's headline, the mean over
+    categories, val/category/<name>/overall."""
     truth, evals = resolved.get("ground_truth"), resolved.get("eval_rewards") or {}
     if truth == "auto":
-        return next(iter(evals), None)
-    return truth
+        truth = next(iter(evals), None)
+    if truth is None:
+        return None
+    target = (evals.get(truth) or {}).get("_target_")
+    if target:
+        from hydra.utils import get_class
+
+        if hasattr(get_class(target), "categories"):
+            return f"val/category/{truth}/overall"
+    return f"val/reward/{truth}"
 
 
 def log_run_metadata(logger, cfg, seed: int | None = None) -> None:
