@@ -8,7 +8,7 @@ def test_header_names_the_method_the_trained_reward_the_ground_truth_and_the_len
     cfg = make_cfg("method=egrpo", "train.iterations=30")
     line = header(cfg, "30 iterations")
     assert line.startswith("flowrl: method=egrpo | trains on reward=") and line.endswith("| 30 iterations")
-    assert "ground truth val/reward/" in line and "\n" not in line
+    assert "ground truth val/category/geneval/overall" in line and "\n" not in line  # GenEval's overall
 
 
 def test_closing_block_says_where_the_model_and_the_run_are():

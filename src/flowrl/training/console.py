@@ -21,7 +21,7 @@ def trained_reward(cfg) -> str:
 
 
 def header(cfg, length: str | None) -> str:
-    """'flowrl: E-GRPO (method=egrpo) | trains on reward=tiny_clip | ground truth val/reward/shapes | 30 iterations'."""
+    """'flowrl: E-GRPO (method=egrpo) | trains on reward=geneval | ground truth val/category/geneval/overall | 30 iterations'."""
     from flowrl.training.tracking import run_tags
 
     tags = run_tags(cfg)
