@@ -122,9 +122,12 @@ def _sigterm_at(monkeypatch, iteration: int):
 RESUME_CASES = {
     # E-GRPO, full fine-tune (the make train default, shrunk)
     "full": ["method=egrpo", "method.num_branch_steps=2"],
-    # Flow-GRPO with a LoRA adapter, its KL to the disabled adapter and its EMA (0.5, every 2 steps)
+    # Flow-GRPO with a LoRA adapter, its KL to the disabled adapter and its EMA (0.5, every 2 steps);
+    # trained on the continuous proxy: at G 3 the binary verifier often gives a group one value, and
+    # Flow-GRPO's filter then drops every sample (no update, no train/loss to compare)
     "lora": [
         "method=flowgrpo",
+        "reward=geneval_clip",
         "+model.lora.rank=4",
         "+model.lora.alpha=8",
         "+model.lora.target_modules=[to_q,to_k,to_v,to_out.0]",
@@ -134,6 +137,7 @@ RESUME_CASES = {
     # DenseGRPO after its calibration (psi is scheduler state), checkpoints every iteration
     "dense_calibrated": [
         "method=densegrpo",
+        "reward=geneval_clip",  # continuous, as for lora: every iteration has a loss to compare
         "method.calibration.iterations=2",
         "method.calibration.num_samples=3",
         "train.checkpoint_every=1",
