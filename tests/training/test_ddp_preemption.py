@@ -67,7 +67,8 @@ def _group_gone(pgid: int) -> bool:
 
 
 def _assert_one_line_no_traceback(text: str, expected: str) -> None:
-    lines = [ln for ln in text.splitlines() if ln.startswith("flowrl:")]
+    # flowrl's lines, but the run's header (flowrl.training.console: "flowrl: method=... | ...")
+    lines = [ln for ln in text.splitlines() if ln.startswith("flowrl:") and not ln.startswith("flowrl: method=")]
     assert len(lines) == 1 and expected in lines[0], text[-3000:]
     assert "Traceback" not in text, text[-3000:]
 
