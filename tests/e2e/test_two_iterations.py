@@ -44,7 +44,9 @@ def test_two_iterations_end_to_end(make_cfg, tmp_path, method):
 
     assert method in RUNS, "a new method: give its small run and work its optimizer steps by hand in RUNS"
     overrides, optimizer_steps = RUNS[method]
-    summary = train(make_cfg(*SMALL, f"method={method}", "logger.experiment_name=e2e", *overrides))
+    # trained on the continuous proxy: at G 3 the binary verifier often gives a group one value, and
+    # Flow-GRPO's zero-advantage filter (DenseGRPO's too) then leaves nothing to update
+    summary = train(make_cfg(*SMALL, f"method={method}", "reward=geneval_clip", "logger.experiment_name=e2e", *overrides))
     assert {"before/val/reward/geneval", "after/val/reward/geneval", "after/val/reward/geneval_clip"} <= set(summary)
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
@@ -55,7 +57,7 @@ def test_two_iterations_end_to_end(make_cfg, tmp_path, method):
         "train/clip_frac",
         "train/approx_kl",
         "train/ratio_mean",
-        "train/reward/geneval",
+        "train/reward/geneval_clip",
         "val/reward/geneval",
         "perf/nfe",
         "perf/nfe_total",
