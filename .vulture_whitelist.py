@@ -29,8 +29,8 @@ outputs
 # model loaders: options passed on through locals() (flowrl.models.diffusers_base)
 text_encoders_offload
 # tests: classes named by string (Hydra targets, step-scheduler class paths) and pytest's module marker
-FailingShapesReward
-NaNShapesReward
+FailingReward
+NaNReward
 KnobbedStepScheduler
 OtherStepScheduler
 PlainStepScheduler
