@@ -36,6 +36,7 @@ SMOKE_OVERRIDES=(
   train.prompts_per_step=1
   smoke=true
   val.samples_per_prompt=1
+  val.final_samples_per_prompt=null
   val.num_steps=4
   val.grid_prompts=2
   trainer.val_check_interval=1
@@ -80,6 +81,9 @@ flowrl_sweep() {
   args+=(
     "logger.experiment_name=${EXPERIMENT:-$name}"
     "sweep=$name"
+    # the evaluation before training is the same for every run that starts from the same weights:
+    # computed once (flowrl.training.eval_cache; its key covers the weights, prompts, noises and code)
+    "val.before_cache=multirun/$name/before_cache"
     "hydra.sweep.dir=multirun/$name/\${now:%Y-%m-%d_%H-%M-%S}"
   )
   (set -x && "$PYTHON" -m flowrl.train -m "${args[@]}" "${given[@]}")

@@ -65,6 +65,8 @@ class ValSchema(_Closed):
     final_samples_per_prompt: PosInt | None = None
     ci_resamples: PosInt
     max_prompts: PosInt | None = None
+    before_cache: str | None = None
+    budget_fractions: list[Annotated[float, Field(gt=0, lt=1)]] = [0.25, 0.5, 0.75]
 
 
 class BudgetSchema(_Closed):

@@ -152,6 +152,7 @@ def make_trainer(cfg: DictConfig, logger, stop, val_prompts: list[str]):
         checkpoint_every=cfg.train.checkpoint_every,
         save=make_checkpoint_saver(cfg, logger, stop),
         stop=stop,
+        fractions=tuple(cfg.val.get("budget_fractions") or ()),
     )
     from flowrl.training.console import progress_bar
 
@@ -181,7 +182,20 @@ def evaluate_before(cfg: DictConfig, logger, module, trainer, data, val_loader, 
     if resumed:
         return (first_logged(logger, "val/reward/") | first_logged(logger, "val/category/")) if is_rank_zero() else {}
     module.calibrate(calibration_prompts(data, cfg), logger)  # a no-op unless the method calibrates
-    return held_out_rewards(trainer, module, val_loader)
+    if not cfg.val.get("before_cache") or trainer.world_size > 1:
+        return held_out_rewards(trainer, module, val_loader)
+    from flowrl.training.eval_cache import before_key, cached_evaluation
+
+    def compute() -> dict:
+        returned = held_out_rewards(trainer, module, val_loader)
+        return {"returned": returned, "logged": module.last_logged}
+
+    key = before_key(module, list(val_loader.dataset), cfg)
+    record, hit = cached_evaluation(cfg.val.before_cache, key, compute)
+    if hit:
+        print(f"flowrl: the evaluation before training read from {cfg.val.before_cache} (same weights, prompts and noises)")
+        module.replay_evaluation(record["logged"])
+    return record["returned"]
 
 
 def evaluate_after(module, trainer, val_loader) -> dict[str, float]:

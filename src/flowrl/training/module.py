@@ -54,6 +54,8 @@ class ValConfig:
     final_samples_per_prompt: int | None = None
     ci_resamples: int = 1000  # bootstrap resamples (over prompts) of each score's 95% interval
     max_prompts: int | None = None  # held-out prompts evaluated (the loader's subset, flowrl.training.build)
+    before_cache: str | None = None
+    budget_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # with a budget: the evaluations between (flowrl.training.run_control)  # a folder: the evaluation before training cached there (flowrl.training.eval_cache)
 
     def samples(self, final: bool) -> int:
         return (self.final_samples_per_prompt or self.samples_per_prompt) if final else self.samples_per_prompt
@@ -101,6 +103,7 @@ class GRPOModule(L.LightningModule):
         self.evaluated_at = -1  # iterations completed at the last held-out evaluation
         self.last_eval: dict[str, float] = {}
         self.last_eval_final = False  # the last evaluation had the endpoint size (val.final_samples_per_prompt)
+        self.last_logged: dict[str, float] = {}  # the last evaluation's logged metrics (val.before_cache stores them)
         self.last_categories: dict[str, float] = {}  # its val/category/* metrics (GenEval's per category)
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite value, in all
         self.consecutive_skips = 0
@@ -398,6 +401,7 @@ class GRPOModule(L.LightningModule):
                 low, high = bootstrap_ci(s.view(len(prompts), per_prompt), cfg.ci_resamples, cfg.seed)
                 metrics |= {f"val_ci/{name}/low": low, f"val_ci/{name}/high": high}
             metrics |= categories
+            self.last_logged = metrics
             self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
         if hasattr(self.logger, "run_id"):
             from flowrl.training.tracking import log_image_grid
@@ -405,6 +409,15 @@ class GRPOModule(L.LightningModule):
             grid = images[: cfg.grid_prompts * per_prompt]
             log_image_grid(self.logger, grid, "val", step=self.iteration, nrow=per_prompt * 4)
         return means
+
+    def replay_evaluation(self, logged: dict[str, float]) -> None:
+        """An evaluation of these same weights read back (val.before_cache): its metrics logged at
+        this step as evaluate() logged them (no image grid), the module's state as after evaluate()."""
+        self.last_categories = {k: v for k, v in logged.items() if k.startswith("val/category/")}
+        self.last_eval = {k.removeprefix("val/reward/"): v for k, v in logged.items() if k.startswith("val/reward/")}
+        self.evaluated_at, self.last_eval_final, self.last_logged = self.iteration, True, dict(logged)
+        if self.logger is not None:
+            self.logger.log_metrics({**logged, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
 
     def validation_step(self, prompts: list[str], batch_idx: int):
         """The held-out prompts come as one batch (flowrl.train's loader): one evaluation. The

@@ -4,7 +4,7 @@ at the same iterations as an uninterrupted one.
 
 After each iteration, in this order:
   1. held-out evaluation: every `val_every` iterations, or, with a budget, once at each of
-     25 / 50 / 75% of it that the iteration crossed (the 0 and 100% evaluations are the run's own,
+     25 / 50 / 75% of it (val.budget_fractions) that the iteration crossed (the 0 and 100% evaluations are the run's own,
      before and after training: flowrl.train);
   2. a checkpoint every `checkpoint_every` iterations, and whenever a stop was requested;
   3. stop: a wall-clock budget spent, or SIGTERM / SIGINT received (the iteration running when
@@ -82,6 +82,7 @@ class RunControl:
     checkpoint_every: int  # 0 = only on a stop request
     save: object  # save(module, trainer) -> path: writes a checkpoint
     stop: StopRequest
+    fractions: tuple[float, ...] = FRACTIONS  # with a budget: evaluate once at each (val.budget_fractions)
 
     def due_evaluation(self, module, spent_before: float | None) -> bool:
         if self.budget is None:
@@ -89,7 +90,7 @@ class RunControl:
         used = self.budget.spent(module) / self.budget.amount
         before = spent_before / self.budget.amount
         # one evaluation for the fractions this iteration crossed; at 100% the final one is the run's
-        return used < 1.0 and any(before < f <= used for f in FRACTIONS)
+        return used < 1.0 and any(before < f <= used for f in self.fractions)
 
     def callback(self):
         """The Lightning callback (defined on use: Lightning imports in ~10 s)."""
