@@ -81,3 +81,25 @@ def test_wall_budget_stops_after_the_iteration_that_spends_it(make_cfg, tmp_path
     assert wall[-1][1] >= 4.0 and (len(wall) == 1 or wall[-2][1] < 4.0)
     steps = [s for s, _ in _history(tmp_path, "val/reward/geneval")[1]]
     assert steps[0] == 0 and steps[-1] == wall[-1][0] and len(steps) == len(set(steps))
+
+
+def test_evaluations_between_follow_val_budget_fractions():
+    # a budget of 100 NFE spent 16 per iteration: the fractions crossed by each iteration decide
+    # (val.budget_fractions; [] = none between 0 and 100%, which are the run's own)
+    from types import SimpleNamespace
+
+    from flowrl.training.run_control import RunControl
+
+    def due(fractions):
+        control = RunControl([], 0, Budget("nfe", 100), 0, None, None, fractions=fractions)
+        module = SimpleNamespace(nfe_total=0)
+        steps = []
+        for it in range(1, 8):
+            before, module.nfe_total = module.nfe_total, 16 * it
+            if control.due_evaluation(module, before):
+                steps.append(it)
+        return steps
+
+    assert due((0.25, 0.5, 0.75)) == [2, 4, 5]
+    assert due((0.5,)) == [4]
+    assert due(()) == []

@@ -78,3 +78,69 @@ def test_held_out_subset_is_evenly_spaced_and_keeps_every_category():
     # 27 counting, 444 position, 76 colour-attribution prompts keep their tenth; the 3 colors
     # prompts (fewer than the spacing of 10) may drop out
     assert {cats[p] for p in sub} >= {"counting", "position", "color_attr"}
+
+
+# ---- the evaluation before training, cached (val.before_cache; flowrl.training.eval_cache) ----
+
+
+def test_cached_evaluation_computes_once_then_reads(tmp_path):
+    from flowrl.training.eval_cache import cached_evaluation
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"returned": {"val/reward/geneval": 0.25}, "logged": {"val/reward/geneval": 0.25}}
+
+    first, hit = cached_evaluation(tmp_path / "cache", "ab" * 32, compute)
+    assert not hit and len(calls) == 1
+    again, hit = cached_evaluation(tmp_path / "cache", "ab" * 32, compute)
+    assert hit and again == first and len(calls) == 1  # read back, not recomputed
+    _, hit = cached_evaluation(tmp_path / "cache", "cd" * 32, compute)
+    assert not hit and len(calls) == 2  # another key is another evaluation
+    assert not list((tmp_path / "cache").glob("*.tmp"))  # written atomically (tmp file renamed)
+
+
+def test_before_key_sees_weights_prompts_and_val_sizes_not_the_cache_folder(make_cfg):
+    from flowrl.training.build import build_module
+    from flowrl.training.eval_cache import before_key
+
+    cfg = make_cfg("smoke=true")
+    module, data = build_module(cfg)
+    prompts = list(data.val)[:4]
+    key = before_key(module, prompts, cfg)
+    assert before_key(module, prompts, make_cfg("smoke=true", "val.before_cache=/elsewhere")) == key
+    assert before_key(module, prompts[:3], cfg) != key  # other prompts
+    assert before_key(module, prompts, make_cfg("smoke=true", "val.final_samples_per_prompt=2")) != key
+    assert before_key(module, prompts, make_cfg("smoke=true", "val.seed=7")) != key  # other noises
+    with torch.no_grad():
+        next(module.model.parameters()).view(-1)[0] += 1e-3  # other weights (one element)
+    assert before_key(module, prompts, cfg) != key
+
+
+@pytest.mark.slow
+def test_a_cached_evaluation_before_training_logs_what_the_computed_one_logged(make_cfg, tmp_path):
+    # two runs of one sweep (seeds 0 and 1) start from the same weights: the second reads the
+    # first's evaluation before training and logs the same step-0 metrics (its ground truth's
+    # interval included), so compare's before / after and deltas are unchanged by the cache
+    from mlflow.tracking import MlflowClient
+
+    from flowrl.training.loop import train
+
+    base = ["smoke=true", "train.iterations=1", "val.samples_per_prompt=1", "val.max_prompts=8", "val.num_steps=4"]
+    base += [f"val.before_cache={tmp_path}/cache", "logger.experiment_name=cache"]
+    summaries = [train(make_cfg(*base, f"seed={s}", output_dir=tmp_path / f"s{s}")) for s in (0, 1)]
+    assert summaries[0]["before/val/category/geneval/overall"] == summaries[1]["before/val/category/geneval/overall"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cache").experiment_id], order_by=["attributes.start_time"])
+    step0 = [
+        {
+            k: h[0].value
+            for k in ("val/reward/geneval", "val_ci/category/geneval/overall/low", "val/nfe_total")
+            for h in [client.get_metric_history(r.info.run_id, k)]
+            if h and h[0].step == 0
+        }
+        for r in runs
+    ]
+    assert len(step0[0]) == 3 and step0[0] == step0[1]
+    assert len(list((tmp_path / "cache").glob("before_*.json"))) == 1

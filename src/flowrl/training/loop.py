@@ -194,7 +194,7 @@ def evaluate_before(cfg: DictConfig, logger, module, trainer, data, val_loader, 
     record, hit = cached_evaluation(cfg.val.before_cache, key, compute)
     if hit:
         print(f"flowrl: the evaluation before training read from {cfg.val.before_cache} (same weights, prompts and noises)")
-        module.replay_evaluation(record["logged"])
+        module.replay_evaluation(record["logged"], logger)
     return record["returned"]
 
 

@@ -55,7 +55,11 @@ class ValConfig:
     ci_resamples: int = 1000  # bootstrap resamples (over prompts) of each score's 95% interval
     max_prompts: int | None = None  # held-out prompts evaluated (the loader's subset, flowrl.training.build)
     before_cache: str | None = None
-    budget_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # with a budget: the evaluations between (flowrl.training.run_control)  # a folder: the evaluation before training cached there (flowrl.training.eval_cache)
+    budget_fractions: tuple[float, ...] = (
+        0.25,
+        0.5,
+        0.75,
+    )  # with a budget: the evaluations between (flowrl.training.run_control)  # a folder: the evaluation before training cached there (flowrl.training.eval_cache)
 
     def samples(self, final: bool) -> int:
         return (self.final_samples_per_prompt or self.samples_per_prompt) if final else self.samples_per_prompt
@@ -410,14 +414,15 @@ class GRPOModule(L.LightningModule):
             log_image_grid(self.logger, grid, "val", step=self.iteration, nrow=per_prompt * 4)
         return means
 
-    def replay_evaluation(self, logged: dict[str, float]) -> None:
+    def replay_evaluation(self, logged: dict[str, float], logger) -> None:
         """An evaluation of these same weights read back (val.before_cache): its metrics logged at
-        this step as evaluate() logged them (no image grid), the module's state as after evaluate()."""
+        this step as evaluate() logged them (no image grid), the module's state as after evaluate().
+        The run's logger is passed in: before trainer.validate/fit the module has none attached."""
         self.last_categories = {k: v for k, v in logged.items() if k.startswith("val/category/")}
         self.last_eval = {k.removeprefix("val/reward/"): v for k, v in logged.items() if k.startswith("val/reward/")}
         self.evaluated_at, self.last_eval_final, self.last_logged = self.iteration, True, dict(logged)
-        if self.logger is not None:
-            self.logger.log_metrics({**logged, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
+        if logger is not None:
+            logger.log_metrics({**logged, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
 
     def validation_step(self, prompts: list[str], batch_idx: int):
         """The held-out prompts come as one batch (flowrl.train's loader): one evaluation. The
