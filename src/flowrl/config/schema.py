@@ -255,7 +255,7 @@ def check_top_level_keys(cfg) -> None:
     not a new setting: nothing would read it."""
     from flowrl.config.errors import ConfigError
 
-    known = _top_level_keys("train" if "method" in cfg else "sample")
+    known = _top_level_keys("train" if "method" in cfg else "evaluate" if "protocol" in cfg else "sample")
     for key in cfg:
         if key not in known:
             raise ConfigError(
@@ -280,7 +280,14 @@ def _top_level_keys(config_name: str) -> frozenset[str]:
         for key in entry:  # "paths: default", "override /x: y", "reward@rewards.shapes: shapes"
             group = str(key).removeprefix("override ").lstrip("/").split("@")[-1].split("/")[0].split(".")[0]
             groups.add(group)
-    return frozenset(k for k in node if k != "defaults") | frozenset(groups) | {"hydra"}
+    # an option that writes at the top level (`# @package _global_`: a model's train.lr_scale) adds its keys
+    added = set()
+    for group in groups:
+        for option in (Path(CONF_DIR) / group).glob("*.yaml"):
+            text = option.read_text()
+            if text.lstrip().startswith("# @package _global_"):
+                added |= {str(k) for k in (OmegaConf.create(text) or {}) if k != "defaults"}
+    return frozenset(k for k in node if k != "defaults") | frozenset(groups) | frozenset(added) | {"hydra"}
 
 
 SCHEMAS = {
@@ -344,6 +351,16 @@ def check_config(cfg) -> None:
 
     Budget.from_config(cfg.get("budget"))  # at most one budget (torch-free, so in well under a second)
     check_model_files(cfg)
+    if cfg.get("protocol") is not None:  # flowrl.evaluate: its prompt file and checkpoints, before any model loads
+        from flowrl.evaluation.protocol import check_protocol
+        from flowrl.evaluation.weights import resolve_all
+
+        check_protocol(cfg.protocol)
+        resolve_all(cfg.get("checkpoint"))
+    if cfg.get("eval_protocol") is not None:  # a run's protocol after its last iteration: its prompt file now, not after training
+        from flowrl.evaluation.protocol import check_protocol
+
+        check_protocol(cfg.eval_protocol, "eval_protocol")
     if cfg.get("resume"):
         run = Path(str(cfg.resume)).expanduser()
         if not (run / "checkpoints").is_dir():

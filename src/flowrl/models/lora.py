@@ -73,9 +73,12 @@ def add_lora(
 
 
 def load_lora(transformer: nn.Module, lora_dir: str | Path, trainable: bool = True) -> nn.Module:
-    """Attach the adapter saved by `save_lora` (or any diffusers transformer LoRA) as "default"."""
+    """Attach the adapter saved by `save_lora` (or any diffusers transformer LoRA) as "default".
+    `lora_dir` may also be the .safetensors file itself (any name: flowrl.evaluate's checkpoint=<file>)."""
     transformer.requires_grad_(False)
-    transformer.load_lora_adapter(str(lora_dir), prefix="transformer", adapter_name=ADAPTER, weight_name=LORA_WEIGHT_NAME)
+    path = Path(lora_dir)
+    folder, weight_name = (path.parent, path.name) if path.is_file() else (path, LORA_WEIGHT_NAME)
+    transformer.load_lora_adapter(str(folder), prefix="transformer", adapter_name=ADAPTER, weight_name=weight_name)
     if trainable:
         _train_lora_in_fp32(transformer)
     return transformer

@@ -51,6 +51,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if len(train_loader):
             trainer.fit(module, train_loader)  # no val loader: run_control evaluates in the loop
         after = evaluate_after(module, trainer, val_loader)
+        if cfg.get("eval_protocol") is not None:  # eval_protocol=<name>: a paper's protocol on the final weights, in this run
+            from flowrl.evaluation.report import run_in_training
+
+            after |= run_in_training(cfg, module, logger)
     summary = {f"before/{k}": v for k, v in before.items()} | {f"after/{k}": v for k, v in after.items()}
     out = save_final_model(cfg, module, trainer)  # FSDP: a collective; only rank 0 writes
     if is_rank_zero():
