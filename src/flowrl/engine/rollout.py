@@ -20,6 +20,10 @@ The forward of a jump's start states runs the rows that the plan's first optimiz
 as chunks of their own (`plan.first_step_rows`), and the policy update evaluates them with the
 same chunks: a row's result depends on the batch it is computed in (measured on CPU for batches
 under 16 rows), so this is what makes the ratio exactly 1 before the first update.
+
+Every random draw (the initial noise, each stochastic step's noise) comes from a NoiseSource
+(flowrl.engine.noise): by default the run's generator in the engine's historical order; a test or the
+bench hands the engine the noise another sampler uses, to compare images element-wise.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from flowrl.contract import StepPlan, StepSettings
+from flowrl.engine.noise import NoiseSource, noise_source
 from flowrl.models.base import PromptEmbeds
 from flowrl.sampling.steps import ode_step, predict_x0
 
@@ -70,13 +75,11 @@ class Rollout:
         return len(self.prompts)
 
 
-def initial_noise(
-    model, num_prompts: int, group_size: int, same_in_group: bool, generator: torch.Generator | None
-) -> torch.Tensor:
+def initial_noise(model, num_prompts: int, group_size: int, same_in_group: bool, noise: NoiseSource) -> torch.Tensor:
     """x_1 [P*G, *latent]: one draw per prompt repeated over its group (DanceGRPO), or one per row."""
     if same_in_group:
-        return model.initial_noise(num_prompts, generator).repeat_interleave(group_size, dim=0)
-    return model.initial_noise(num_prompts * group_size, generator)
+        return noise.initial(model, num_prompts, 1).repeat_interleave(group_size, dim=0)
+    return noise.initial(model, num_prompts, group_size)
 
 
 def chunks(n: int, size: int):
@@ -176,15 +179,18 @@ def rollout(
     generator: torch.Generator | None = None,
     max_batch: int = 64,
     keep_images: int = 64,
+    noise: NoiseSource | None = None,
 ) -> Rollout:
-    """Execute `plan` for P prompts: sample, record the jumps, score every image the plan asks for."""
+    """Execute `plan` for P prompts: sample, record the jumps, score every image the plan asks for.
+    Every random draw comes from `noise` (flowrl.engine.noise), by default GeneratorNoise(generator)."""
     prompts = list(prompts)
+    noise = noise_source(noise, generator)
     if plan.trajectory == "sde":
-        return _rollout_sde(model, plan, prompts, score_fn, generator, max_batch, keep_images)
-    return _rollout_anchor(model, plan, prompts, score_fn, generator, max_batch, keep_images)
+        return _rollout_sde(model, plan, prompts, score_fn, noise, max_batch, keep_images)
+    return _rollout_anchor(model, plan, prompts, score_fn, noise, max_batch, keep_images)
 
 
-def _rollout_sde(model, plan: StepPlan, prompts, score_fn, generator, max_batch, keep_images) -> Rollout:
+def _rollout_sde(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, max_batch, keep_images) -> Rollout:
     """G full trajectories per prompt, each step taken as the plan says (its jump's SDE, else
     ODE); P*G*T NFE in about ceil(P*G / max_batch) * T forwards, plus the intermediate
     completions when the plan asks for them."""
@@ -193,18 +199,18 @@ def _rollout_sde(model, plan: StepPlan, prompts, score_fn, generator, max_batch,
     counter = _Counter()
     embeds = model.encode_prompts(prompts)
     row_embeds = embeds.repeat_interleave(g)
-    x = initial_noise(model, p, g, plan.same_initial_noise, generator)
+    x = initial_noise(model, p, g, plan.same_initial_noise, noise)
     n = x.shape[0]
     latents = torch.empty((n, t + 1, *x.shape[1:]), dtype=x.dtype, device=x.device)  # preallocated
     log_probs = torch.zeros((n, t), dtype=torch.float32, device=x.device)
     latents[:, 0] = x
-    noise = torch.randn((t, *x.shape), generator=generator).to(x.device)  # drawn up front: chunking cannot change samples
+    eps = noise.steps(model, range(t), p, g)  # [T, n, *latent], drawn up front: chunking cannot change samples
     jump_at = {j.start: idx for idx, j in enumerate(plan.jumps)}
     first = plan.first_step_rows(p)
     v = None
     for i in range(t):
         v = _velocities(model, latents[:, i], sigmas[i], row_embeds, max_batch, counter, first.get(jump_at.get(i)))
-        out = plan.step_at(i)(latents[:, i], v, sigmas[i], sigmas[i + 1], noise=noise[i])
+        out = plan.step_at(i)(latents[:, i], v, sigmas[i], sigmas[i + 1], noise=eps[i])
         latents[:, i + 1] = out.prev_sample
         log_probs[:, i] = out.log_prob
     row_prompt = torch.arange(p).repeat_interleave(g)
@@ -249,7 +255,7 @@ def _rollout_sde(model, plan: StepPlan, prompts, score_fn, generator, max_batch,
     return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
 
 
-def _rollout_anchor(model, plan: StepPlan, prompts, score_fn, generator, max_batch, keep_images) -> Rollout:
+def _rollout_anchor(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, max_batch, keep_images) -> Rollout:
     """One ODE anchor per prompt up to the last branch point; G jumps per branch from the anchor
     state (velocity shared); every (branch, completion) lane completed in one wavefront."""
     g, p = plan.group_size, len(prompts)
@@ -259,7 +265,7 @@ def _rollout_anchor(model, plan: StepPlan, prompts, score_fn, generator, max_bat
     jump_at = {j.start: idx for idx, j in enumerate(plan.jumps)}
     last = max(jump_at)
     first = plan.first_step_rows(p)
-    x = model.initial_noise(p, generator)  # one anchor noise per prompt
+    x = noise.initial(model, p, 1)  # one anchor noise per prompt
     anchor_x, anchor_v = {}, {}
     for i in range(last + 1):
         v = _velocities(model, x, sigmas[i], embeds, max_batch, counter, first.get(jump_at.get(i)))
@@ -267,13 +273,13 @@ def _rollout_anchor(model, plan: StepPlan, prompts, score_fn, generator, max_bat
             anchor_x[i], anchor_v[i] = x, v
         if i < last:
             x = ode_step(x, v, sigmas[i], sigmas[i + 1])
-    noise = torch.randn((len(plan.branches), p * g, *x.shape[1:]), generator=generator).to(x.device)
+    eps = noise.steps(model, [b.jump.start for b in plan.branches], p, g)  # [B, P*G, *latent]
     row_prompt = torch.arange(p).repeat_interleave(g)
     jump_sets, lane_x, schedules = [], [], []
     for b, branch in enumerate(plan.branches):
         j = branch.jump
         xr, vr = anchor_x[j.start].repeat_interleave(g, 0), anchor_v[j.start].repeat_interleave(g, 0)
-        out = j.step(xr, vr, sigmas[j.start], sigmas[j.stop], noise=noise[b])
+        out = j.step(xr, vr, sigmas[j.start], sigmas[j.stop], noise=eps[b])
         jump_sets.append(
             JumpSet(
                 j.start,
