@@ -42,8 +42,9 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 STORE ?= sqlite:///mlflow.db
 
-ui: $(STAMP) ## the MLflow UI on the project's store (sqlite:///mlflow.db) at http://127.0.0.1:5000 (HOST=, PORT=, STORE=)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT) --workers 1
+ui: $(STAMP) ## the MLflow UI on the project's store (sqlite:///mlflow.db) at http://127.0.0.1:5000, experiments opening on their runs (HOST=, PORT=, STORE=)
+	$(PY) -m flowrl.mlflow_ui --store $(STORE) --url http://$(HOST):$(PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT) --workers 1 --app-name flowrl
 
 mlflow-ui: ui ## alias of ui
 

@@ -293,8 +293,8 @@ def test_run_tags_read_the_sweep_knobs_from_the_config():
 
 
 def test_experiments_are_tagged_custom_model_development(tmp_path):
-    # MLflow 3.17's UI opens an experiment without mlflow.experimentKind on its GenAI traces page
-    # ("No data available"); flowrl's experiments must open on their runs, also ones created before.
+    # flowrl's experiments say in MLflow's own tag that they hold training runs, also ones created
+    # before; the page MLflow 3.17's UI opens them on is make ui's (tests/analysis/test_mlflow_ui.py).
     from mlflow.tracking import MlflowClient
 
     from flowrl.training.tracking import build_mlflow_logger

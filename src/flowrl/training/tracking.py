@@ -4,7 +4,8 @@ A run records: params = the flattened resolved config, namespaced metrics (`trai
 `train/reward/<name>`, `val/reward/<name>`, `perf/nfe`), artifacts (the resolved config, sample
 grids, final weights) and tags (git commit, dirty tree, and the knobs a sweep compares: method,
 group_size, clip_eps, the method's own sweep knobs, seed, sweep, budget). Experiments are tagged
-mlflow.experimentKind=custom_model_development so the MLflow 3 UI opens on their runs.
+mlflow.experimentKind=custom_model_development (training runs, in MLflow's words; the page the UI
+opens them on is `make ui`'s choice: flowrl.mlflow_ui).
 
 mlflow and lightning take seconds to import, so they are imported inside the functions:
 `import flowrl.training.tracking` stays cheap (config tooling and tests import it without training).
@@ -261,15 +262,17 @@ def first_logged(logger, prefix: str) -> dict[str, float]:
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI then opens on the runs, not the GenAI traces
+EXPERIMENT_KIND = "custom_model_development"  # MLflow's "Machine learning" kind: training runs, no GenAI traces
 
 
 def ensure_experiment(client, name: str) -> str:
     """The id of experiment `name`, created if missing, tagged mlflow.experimentKind=custom_model_development.
 
-    Without the tag MLflow 3.17's UI opens an experiment on its GenAI "Traces" overview ("No data
-    available"), which is empty for training runs. Experiments created before flowrl set the tag
-    (or by another tool) get it too, unless they already carry a kind of their own."""
+    The tag records what the experiment holds, in MLflow's own words (the UI's experiment-kind
+    selector writes the same tag). It does not choose the page the UI opens: MLflow 3.17.2's UI
+    follows the browser's "GenAI" / "Model training" switch instead, which `make ui`'s app sets
+    (flowrl.mlflow_ui). Experiments created before flowrl set the tag (or by another tool) get it
+    too, unless they already carry a kind of their own."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
