@@ -9,10 +9,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests import checkout_state  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-# What a run writes relative to its working directory (Hydra's run dirs, MLflow's default store and
-# its ./mlruns artifacts, the prompt-embedding cache): none of it may appear in the repository.
-RUN_OUTPUTS = ("outputs", "multirun", "mlruns", "mlflow.db", ".cache", "build", "dist")
 
 
 @pytest.fixture
@@ -49,26 +48,17 @@ def make_cfg(tmp_path, monkeypatch):
     return make
 
 
-def _run_outputs_in_repo() -> set[str]:
-    found = set()
-    for name in RUN_OUTPUTS:
-        top = REPO / name
-        if top.is_file():
-            found.add(name)
-        for root, _, files in os.walk(top):
-            found.update(str(Path(root, f).relative_to(REPO)) for f in files)
-    return found
-
-
 @pytest.fixture(scope="session", autouse=True)
-def _nothing_written_into_the_repository():
-    """Every output of the suite goes under a tmp_path: a test that leaves a run's files in the
-    checkout (an MLflow store, ./mlruns artifacts, a Hydra run dir) fails the session here."""
-    before = _run_outputs_in_repo()
+def _the_checkout_is_left_as_found():
+    """`git status` (ignored and untracked files one by one) after the session is what it was before:
+    a test that leaves a file in the checkout (an MLflow store, ./mlruns artifacts, a Hydra run
+    dir, a stray file) or changes a tracked one fails the session here. A developer's own files
+    present at the start are never blamed; what is compared and left out: tests/checkout_state.py."""
+    before = checkout_state.snapshot(REPO)
     yield
-    new = sorted(_run_outputs_in_repo() - before)
+    new = checkout_state.changes(before, checkout_state.snapshot(REPO))
     if new:
-        pytest.fail(f"the tests wrote into the repository: {', '.join(new[:10])}", pytrace=False)
+        pytest.fail(checkout_state.report(new), pytrace=False)
 
 
 @pytest.fixture(scope="session")
