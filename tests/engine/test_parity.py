@@ -1,13 +1,16 @@
 """Parity of flowrl's one-iteration update with the official scripts' structure, per method.
 
-For each method config in conf/method, ONE iteration on a tiny random model runs two ways on
-the SAME rollout (so only advantages + update are compared):
+For each method config in conf/method, ONE iteration on a tiny random model runs two ways, fed
+the same noise (tests/reference/common.py's KeyedNoise):
   (a) flowrl: plan -> rollout -> step_scheduler.advantages -> policy_update;
-  (b) a reference loop written here the way the official script is laid out: its advantage
-      formula, its loops (per sample / per timestep / per branch point / per minibatch), its
-      loss normalisation and where it calls optimizer.step(). It re-evaluates log-probs itself
-      from the rollout's stored states, calling the model ONE SAMPLE AT A TIME and using the step
-      math of flowrl.sampling (tested on its own in tests/sampling/test_sampling.py).
+  (b) the method's reference sampler (tests/reference/, transcribed from the official sampler and
+      checked element-wise against the engine in tests/reference/test_rollout_parity.py), then a
+      reference loop written here the way the official script is laid out: its advantage formula
+      on the reference rollout's rewards, its loops (per sample / per timestep / per branch point /
+      per minibatch), its loss normalisation and where it calls optimizer.step(). It re-evaluates
+      log-probs itself from the reference rollout's stored states, calling the model ONE SAMPLE AT
+      A TIME, with the reference samplers' own step math (nothing of flowrl's sampling, rollout or
+      update schedule).
 Asserted: equal advantages, equal optimizer-step counts, and equal weight updates.
 
 Why SGD and not the scripts' AdamW: Adam's first step is lr * g / (|g| + eps) elementwise, i.e.
@@ -18,10 +21,10 @@ lambda * w to both sides and only dilutes the comparison), and the scripts' grad
 norm 1.0) is applied on both sides but asserted not to bind: a binding clip rescales the
 gradient to norm 1 and would hide a loss-scale error exactly as Adam does.
 
-Random draws that belong to the plan (DanceGRPO's per-sample timesteps, Flow-GRPO's shuffle of
-the samples into the two optimizer steps) are taken from the plan (`plan.trained_mask(P)`,
-`plan.optimizer_steps(P)`): the reference reproduces what the script does with a draw, not the
-draw itself.
+Random draws that belong to the plan are inputs, as the noise is: DanceGRPO's per-sample
+timesteps (`plan.trained_mask(P)`, each sample's draw) and Flow-GRPO's shuffle of the samples (the
+permutation the plan froze: `_plan_permutation`). The reference reproduces what the script does
+with a draw (which samples land in which optimizer step, in which minibatch), not the draw itself.
 
 Official code read (structure only; nothing copied): XueZeyue/DanceGRPO
 fastvideo/train_grpo_flux.py; yifan123/flow_grpo scripts/train_sd3.py + flow_grpo/stat_tracking.py
@@ -41,6 +44,10 @@ import numpy as np
 import pytest
 import torch
 
+from flowrl.rewards.base import RewardModel
+from tests.reference import branch_samplers, dancegrpo_sampler, densegrpo_sampler, flow_grpo_sampler, mixgrpo_sampler
+from tests.reference.common import KeyedNoise
+
 SEED = 0
 # Every official script clips the gradient norm at 1.0 (DanceGRPO finetune_flux_grpo.sh, flow_grpo
 # config/base.py, VisualGRPO config.yaml, G²RPO and MixGRPO scripts).
@@ -54,12 +61,18 @@ LR = 0.5
 MAX_BATCH = 4
 # Weight-update tolerance, relative to the largest weight change (plus fp32 rounding of the
 # weights, see _update_error): a batch-1 forward and a batched one differ by ~2e-7 relative
-# (measured on this CPU), which reaches the gradients and the later steps' ratios at that order;
-# measured residuals are ~1e-6 of the largest change (every method still matches at 1e-6), so
-# 1e-4 leaves ~100x margin for other CPUs. Every wrong variant tried lands 90-4500x beyond the
+# (measured on this CPU), which reaches the gradients and the later steps' ratios at that order.
+# With each side on its own rollout (the engine's and the reference sampler's, equal to ~5e-7) the
+# measured error is 0.06-0.15 of this bound (6-16x margin). Every wrong variant tried lands 90-4500x beyond the
 # bound: loss not divided by the accumulation (x2 per step), the transition-variance KL (x4 on
 # the KL), no KL at all.
 REL_TOL = 1e-4
+# Advantage tolerance: flowrl's advantages come from the engine's rewards, the reference's from its
+# own rollout's, which agree to ~3e-8 (batch-1 against batched forwards, tests/reference); a group's
+# reward spread of ~1e-3 on the tiny random model turns that into up to ~3e-5 (measured) on an
+# advantage of order 1. A wrong formula (biased std, the group's mean instead of the prompt's, a
+# missing clamp) is off by 1e-2 or more.
+ADV_TOL = 1e-4
 PROMPTS = ["a red circle on a blue background", "a white square on a green background"]
 
 
@@ -108,6 +121,47 @@ def _score(images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
     return {"bright": images.mean(dim=(1, 2, 3)), "red": (images[:, 0] - images[:, 1]).mean(dim=(1, 2))}
 
 
+class _BrightRed(RewardModel):
+    """_score as a reward model (the interface the reference samplers score through)."""
+
+    name = "bright_red"
+
+    def components(self, images, prompts):
+        return _score(images, prompts)
+
+
+def _reference_rollout(cfg, model, prompts, noise, iteration: int):
+    """The method's reference sampler (tests/reference/) at the method config's values."""
+    reward, t, g, a = _BrightRed(), cfg.num_steps, cfg.group_size, cfg.noise_level
+    if cfg.name == "dancegrpo":
+        return dancegrpo_sampler.sample(model, prompts, reward, noise, num_steps=t, group_size=g, eta=a, shift=cfg.shift)
+    if cfg.name == "flowgrpo":
+        return flow_grpo_sampler.sample(model, prompts, reward, noise, num_steps=t, group_size=g, noise_level=a)
+    if cfg.name == "densegrpo":
+        psi = cfg.step_scheduler.get("noise_levels")
+        return densegrpo_sampler.sample(model, prompts, reward, noise, num_steps=t, group_size=g, noise_level=a, psi=psi)
+    if cfg.name == "mixgrpo":
+        window = mixgrpo_sampler.progressive_window(iteration, t, cfg.window_size, cfg.iters_per_group, cfg.stride)
+        return mixgrpo_sampler.sample(
+            model, prompts, reward, noise, num_steps=t, group_size=g, window=window, eta=a, shift=cfg.shift
+        )
+    branch = dict(num_steps=t, group_size=g, granularities=tuple(cfg.granularities), eta=a, shift=cfg.shift)
+    if cfg.name == "egrpo":
+        # E-GRPO's merge lengths come from the paper's entropy rule (its code has fixed lists): taken
+        # from the plan as the draws are; every other choice is the sampler's own
+        merges = [j.stop - j.start for j in _scheduler(cfg).plan(iteration).jumps]
+        steps = list(range(cfg.num_branch_steps))
+        return branch_samplers.sample(model, prompts, reward, noise, branch_steps=steps, merge_steps=merges, **branch)
+    return branch_samplers.sample(model, prompts, reward, noise, branch_steps=list(range(cfg.num_branch_steps)), **branch)
+
+
+def _plan_permutation(plan, num_samples: int) -> torch.Tensor:
+    """Flow-GRPO's shuffle of the samples before they are cut into the optimizer steps' batches
+    (train_sd3.py L829: a torch.randperm): the permutation this iteration's plan froze
+    (flowrl.contract.plan: randperm over the samples from the plan's update seed + 1)."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(plan.update.seed + 1))
+
+
 def _flat(model) -> torch.Tensor:
     return torch.nn.utils.parameters_to_vector(model.transformer.parameters()).detach().clone()
 
@@ -127,30 +181,9 @@ def _sgd_step(model, norms: list[float]):
     return step
 
 
-# The methods whose official code samples through flow_grpo's SD3 pipeline (yifan123/flow_grpo
-# flow_grpo/diffusers_patch/sd3_pipeline_with_logprob.py@ac4c86e: retrieve_timesteps on the
-# pipeline's FlowMatchEulerDiscreteScheduler); DenseGRPO builds on it. The others make their grid
-# by hand (sd3_time_shift of a linspace in the FLUX scripts).
-SD3_PIPELINE_METHODS = ("flowgrpo", "densegrpo")
-
-
-def _official_sigmas(method: str, num_steps: int, shift: float) -> torch.Tensor:
-    """The grid the method's official script samples on: the diffusers scheduler's (set_timesteps,
-    SD3.5's config: 1000 train timesteps, shift 3) or sigma = shift*s / (1 + (shift-1)*s),
-    s = linspace(1, 0, T+1)."""
-    if method in SD3_PIPELINE_METHODS:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-        scheduler.set_timesteps(num_steps)
-        return scheduler.sigmas.float()
-    s = torch.linspace(1, 0, num_steps + 1)
-    return shift * s / (1 + (shift - 1) * s)
-
-
-def _v1(model, x: torch.Tensor, sigma: torch.Tensor, ro, prompt: int) -> torch.Tensor:
+def _v1(model, x: torch.Tensor, sigma: torch.Tensor, it, prompt: int) -> torch.Tensor:
     """The velocity of ONE sample (batch 1), as the official training loops call the model."""
-    return model.velocity(x.unsqueeze(0), sigma.reshape(1), ro.embeds[prompt])
+    return model.velocity(x.unsqueeze(0), sigma.reshape(1), it.embeds(prompt))
 
 
 def _ppo(adv: torch.Tensor, ratio: torch.Tensor, clip: float) -> torch.Tensor:
@@ -172,9 +205,10 @@ class Iteration:
         self.prompts = list(prompts)
         self.model = _tiny_model()
         self.w0 = _flat(self.model)
-        gen = torch.Generator().manual_seed(SEED)
-        self.plan = self.sched.plan(iteration, gen)
-        self.ro = rollout(self.model, self.plan, self.prompts, _score, gen, MAX_BATCH)
+        self.plan = self.sched.plan(iteration, torch.Generator().manual_seed(SEED))
+        noise = KeyedNoise(self.model.latent_shape, SEED)
+        self.ro = rollout(self.model, self.plan, self.prompts, _score, max_batch=MAX_BATCH, noise=noise)
+        self.ref = _reference_rollout(cfg, self.model, self.prompts, noise, iteration)  # side (b)'s own rollout
         if weights is None:
             self.scores = RewardScores.single(reward, self.ro.parts[reward])
         else:
@@ -200,7 +234,7 @@ class Iteration:
             MAX_BATCH,
             reference_mean=ref_mean if self.loss.kl_beta > 0 else None,
         )
-        self.sigmas = _official_sigmas(self.cfg.name, self.cfg.num_steps, self.cfg.shift)
+        self.sigmas = self.ref.sigmas  # the reference sampler's own grid (the official script's)
         torch.testing.assert_close(self.ro.sigmas, self.sigmas, rtol=0, atol=1e-6)
 
     @property
@@ -211,14 +245,51 @@ class Iteration:
         """The model the reference loop trains: the same initial weights, its own copy."""
         return copy.deepcopy(self.model).train()
 
-    def sde_sample(self, n: int, j: int):
-        """Sample n's stored transition at plan jump j (sde trajectories): x, x_next, old log-prob."""
-        js = self.ro.jump_sets[j]
-        return js.x[n], js.x_next[n, 0], js.log_prob[n, 0]
+    def embeds(self, prompt: int):
+        """Prompt `prompt`'s conditioning from the model wrapper (what the reference samplers used)."""
+        if not hasattr(self, "_embeds"):
+            self._embeds = {}
+        if prompt not in self._embeds:
+            self._embeds[prompt] = self.model.encode_prompts([self.prompts[prompt]])
+        return self._embeds[prompt]
+
+    def sde_sample(self, n: int, t: int):
+        """Sample n (= p * G + g, the scripts' rank-local row order) of the reference rollout: its
+        transition leaving sigma index t: x, x_next, old log-prob."""
+        tr = self.ref.transitions[divmod(n, self.plan.group_size) + (t,)]
+        assert tr.stop == t + 1
+        return tr.x, tr.x_next, tr.log_prob
+
+    def ref_rewards(self, name: str) -> torch.Tensor:
+        """The reference rollout's rewards of part `name`, [P, G] (the final images)."""
+        g = self.plan.group_size
+        return torch.stack([self.ref.rewards[("final", p, k)][name] for p in range(len(self.prompts)) for k in range(g)]).view(
+            -1, g
+        )
+
+    def branch_steps(self) -> list[int]:
+        """The sigma indices where the reference rollout's stochastic jumps start (branch points,
+        MixGRPO's window), in order."""
+        return sorted({k for (_, _, k) in self.ref.transitions})
+
+    def ref_branch_rewards(self, name: str) -> torch.Tensor:
+        """The reference rollout's branch rewards of part `name`, [P, G, B, C] (branch point, granularity)."""
+        return torch.tensor(
+            [
+                [
+                    [
+                        [float(self.ref.rewards[("branch", p, k, b, c)][name]) for c in self.cfg.granularities]
+                        for b in self.branch_steps()
+                    ]
+                    for k in range(self.plan.group_size)
+                ]
+                for p in range(len(self.prompts))
+            ]
+        )
 
     def check_update(self, ref_policy, ref_steps: int, ref_norms: list[float]) -> float:
         """Same optimizer-step count, the clip never binding, the same weight change."""
-        assert self.stats.optimizer_steps == ref_steps == len(self.plan.optimizer_steps(len(self.prompts)))
+        assert self.stats.optimizer_steps == ref_steps
         assert max(self.norms + ref_norms) < MAX_GRAD_NORM  # the clip did not rescale anything
         return _update_error(self.w0, self.policy, ref_policy, ref_steps)
 
@@ -240,6 +311,14 @@ def _update_error(w0: torch.Tensor, a, b, steps: int) -> float:
 def _adv_sde(it: Iteration) -> torch.Tensor:
     """flowrl's advantages of an sde plan as [N, J] (sample, jump)."""
     return torch.cat([a for a in it.adv], dim=1)
+
+
+def _logprob_and_mean(step_out):
+    """(log_prob [1], mean) of a flow_grpo_sampler.sde_step_with_logprob result, by name."""
+    from types import SimpleNamespace
+
+    _, log_prob, mean, _ = step_out
+    return SimpleNamespace(log_prob=log_prob, mean=mean)
 
 
 def _reference_kl(mean, ref_mean, std_dev_t) -> torch.Tensor:
@@ -267,10 +346,8 @@ def _dance_reference(it: Iteration, accum_divisor: int | None = None):
     optimizer.step, zero_grad, the gradients averaged over the ranks by FSDP.
     `accum_divisor` replaces gradient_accumulation_steps in the loss divisor only (the negative
     control)."""
-    from flowrl.sampling import dance_sde_step
-
     cfg, g, n_samples = it.cfg, it.plan.group_size, it.num_samples
-    rewards = it.ro.parts["bright"].flatten()  # [P*G], prompt-major like the script's rank-local rows
+    rewards = it.ref_rewards("bright").flatten()  # [P*G], prompt-major like the script's rank-local rows
     adv = torch.zeros_like(rewards)
     for i in range(n_samples // g):
         group = rewards[i * g : (i + 1) * g]
@@ -298,10 +375,10 @@ def _dance_reference(it: Iteration, accum_divisor: int | None = None):
             for i in range(r * per_rank + o * gas, r * per_rank + (o + 1) * gas):  # this rank's samples, in order
                 for j in torch.nonzero(mask[i]).flatten().tolist():
                     x, x_next, old = it.sde_sample(i, j)
-                    v = _v1(model, x, it.sigmas[j], it.ro, i // g)
-                    lp = dance_sde_step(
-                        x.unsqueeze(0), v, it.sigmas[j], it.sigmas[j + 1], eta=cfg.noise_level, prev_sample=x_next.unsqueeze(0)
-                    ).log_prob
+                    v = _v1(model, x, it.sigmas[j], it, i // g)
+                    _, _, lp = dancegrpo_sampler.flux_step(
+                        v, x.unsqueeze(0), cfg.noise_level, it.sigmas, j, prev_sample=x_next.unsqueeze(0)
+                    )
                     loss = _ppo(adv[i], torch.exp(lp - old), cfg.clip_eps).mean() / divisor
                     loss.backward()
             rank_grads.append([p.grad.clone() for p in params])
@@ -323,7 +400,7 @@ def test_dancegrpo_parity(method_cfg):
     )
     adv, ref, steps, norms = _dance_reference(it)
     flow_adv = _adv_sde(it)
-    torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=0, atol=ADV_TOL)
     assert steps == 2 == it.stats.optimizer_steps
     assert it.check_update(ref, steps, norms) <= 1
 
@@ -348,34 +425,35 @@ def _flow_grpo_update(it: Iteration, adv: torch.Tensor, trained: list[int], mini
     max(-A r, -A clip(r)) (L881-893), + beta * batch mean of the KL (L894-897), and
     accelerator.backward(loss), which divides it by the Accelerator's accumulation count
     gradient_accumulation_steps * num_train_timesteps (L357-360); on the sync micro-step:
-    clip_grad_norm_(max_grad_norm) and optimizer.step() (L932-938). The samples of each optimizer
-    step (which shuffled samples land in which accumulation) come from the plan. The model is
-    called one sample at a time and the minibatch's log-probs stacked."""
+    clip_grad_norm_(max_grad_norm) and optimizer.step() (L932-938): with gradient_accumulation_steps
+    = num_batches_per_epoch // k (config/grpo.py: k = 2), the shuffled samples' consecutive k equal
+    shares are the k optimizer steps. The shuffle is the plan's frozen draw (_plan_permutation).
+    Samples whose advantages are all 0 would leave before the shuffle (L797-817): the tests' rewards
+    are distinct, so none does (asserted). The model is called one sample at a time and the
+    minibatch's log-probs stacked."""
     g = it.plan.group_size
     beta = it.cfg.kl_beta
+    assert (adv != 0).any(1).all()  # flow_grpo's zero-advantage filter keeps every sample here
     model, norms, n_steps = it.reference_policy(), [], 0
     step = _sgd_step(model, norms)
-    for opt_step in it.plan.optimizer_steps(len(it.prompts)):
-        rows = opt_step[0].rows
-        assert all(torch.equal(b.rows, rows) for b in opt_step)  # every trained timestep of the same samples
-        assert [b.jump for b in opt_step] == trained
-        batches = rows.split(minibatch)
+    for share in _plan_permutation(it.plan, it.num_samples).tensor_split(it.cfg.optimizer_steps_per_rollout):
+        batches = share.split(minibatch)
         ga = len(batches)  # gradient_accumulation_steps: the minibatches of one optimizer step
         for batch in batches:
             for j in trained:
                 lps, olds, kls = [], [], []
                 for n in batch.tolist():
                     x, x_next, old = it.sde_sample(n, j)
-                    v = _v1(model, x, it.sigmas[j], it.ro, n // g)
+                    v = _v1(model, x, it.sigmas[j], it, n // g)
                     out = step_settings(j, x.unsqueeze(0), v, x_next.unsqueeze(0))
                     lps.append(out.log_prob)
                     olds.append(old)
                     if beta > 0:
                         with torch.no_grad():  # the reference policy (flow_grpo: adapter disabled)
-                            v_ref = _v1(it.ref_model, x, it.sigmas[j], it.ro, n // g)
+                            v_ref = _v1(it.ref_model, x, it.sigmas[j], it, n // g)
                             ref = step_settings(j, x.unsqueeze(0), v_ref, x_next.unsqueeze(0))
                         kls.append(_reference_kl(out.mean, ref.mean, kl_std(j)))
-                ratio = torch.exp(torch.cat(lps) - torch.stack(olds))
+                ratio = torch.exp(torch.cat(lps) - torch.stack(olds))  # lps: [1] each
                 loss = _ppo(adv[batch, j], ratio, it.cfg.clip_eps).mean()
                 if beta > 0:
                     loss = loss + beta * torch.stack(kls).mean()
@@ -386,15 +464,13 @@ def _flow_grpo_update(it: Iteration, adv: torch.Tensor, trained: list[int], mini
 
 
 def test_flowgrpo_parity(method_cfg):
-    from flowrl.sampling import sde_step
-
     # T 4: the first int(4 * 0.99) = 3 steps, in order. Prompts [A, B, A, C] x G 2 = 8 samples:
     # per-prompt stat tracking pools A's two groups. 2 optimizer steps over shuffled halves of 4,
     # each 2 minibatches of 2 (gradient_accumulation_steps = num_batches_per_epoch // 2 = 2).
     # KL beta 0.04 (config) against a reference policy that differs from the policy (a drifted
     # policy: with reference == policy the KL gradient at the first step is exactly 0, untested).
     # The rewards are distinct, so flow_grpo's filter of all-zero-advantage samples (L797-817)
-    # does not act; flowrl has no such filter (it keeps such samples in the step's mean).
+    # does not act, nor does flowrl's (update.drop_zero_advantage; hand-worked below).
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], "a blue triangle on a red background"]
     it = Iteration(
         method_cfg("flowgrpo", ["num_steps=4", "group_size=2"]), prompts, reward="bright", ref_model=_tiny_model(SEED + 1)
@@ -406,7 +482,7 @@ def test_flowgrpo_parity(method_cfg):
     # flow_grpo/stat_tracking.py L11-31 with global_std=True (every SD3 config): mean over the
     # prompt's samples (all its groups), np.std (ddof 0) of ALL the rollout's rewards + 1e-4, in
     # float64; clamped at +-adv_clip_max in the loss (L881-885).
-    rewards = it.ro.parts["bright"].flatten().double().numpy()
+    rewards = it.ref_rewards("bright").flatten().double().numpy()
     row_prompts = np.array([p for p in prompts for _ in range(it.plan.group_size)])
     adv = np.empty_like(rewards)
     for p in np.unique(row_prompts):
@@ -414,10 +490,10 @@ def test_flowgrpo_parity(method_cfg):
         adv[sel] = (rewards[sel] - rewards[sel].mean()) / (np.std(rewards) + 1e-4)
     adv = torch.as_tensor(adv, dtype=torch.float32).clamp(-cfg.adv_clip, cfg.adv_clip)
     flow_adv = _adv_sde(it)
-    torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=0, atol=ADV_TOL)
 
     def step_settings(j, x, v, x_next):  # sd3_sde_with_logprob.py, sde_type "sde"
-        return sde_step(x, v, it.sigmas[j], it.sigmas[j + 1], a, prev_sample=x_next, sigma_max=it.sigmas[1])
+        return _logprob_and_mean(flow_grpo_sampler.sde_step_with_logprob(v, x, it.sigmas, j, a, prev_sample=x_next))
 
     adv_nj = adv.unsqueeze(1).expand(-1, cfg.num_steps)
     ref, steps, norms = _flow_grpo_update(it, adv_nj, trained, 2, step_settings, lambda j: _flow_grpo_std_dev_t(it.sigmas, j, a))
@@ -431,8 +507,6 @@ def test_flowgrpo_parity(method_cfg):
 
 
 def test_densegrpo_parity(method_cfg):
-    from flowrl.sampling import sde_step
-
     # T 4, G 3, 2 prompts; dense rewards from the ODE completion of every intermediate latent; a
     # psi(t) table given (as after calibration) so that psi, not a * sqrt(sigma / (1 - sigma)),
     # must be the step's std_dev_t in the log-prob and in the KL; one optimizer step per rollout
@@ -451,27 +525,27 @@ def test_densegrpo_parity(method_cfg):
     assert it.plan.trained_step_indices() == trained and cfg.kl_beta > 0
 
     # Paper indexing: t = T..0, x_T the noise, step t is x_t -> x_{t-1}; R_t = R(ODE_n(x_t)) with
-    # n = t (all remaining steps), R_0 = R(x_0) the SDE sample's own reward (App. B.2). flowrl's
-    # layout [P, G, T+1] holds R of sigma index i = T - t. Check R_0 (paper) is the final sample's
-    # reward, then Eq. 7: dR_t = R_{t-1} - R_t; Eq. 10: per timestep over the G samples of the
+    # n = t (all remaining steps), R_0 = R(x_0) the SDE sample's own reward (App. B.2): the
+    # reference rollout's ("intermediate", p, g, i) and ("final", p, g) rewards, sigma index
+    # i = T - t. Eq. 7: dR_t = R_{t-1} - R_t; Eq. 10: per timestep over the G samples of the
     # prompt, (dR - mean) / (std + 1e-4) with numpy's population std (flow_grpo's tracker; the
     # paper names neither), group std as Eq. 10 prints it (config global_std false).
-    r = it.ro.parts["bright"].double()  # [P, G, T+1], sigma-index order
-    last = it.ro.jump_sets[-1]
-    torch.testing.assert_close(
-        r[..., t].flatten().float(), _score(it.model.decode(last.x_next[:, 0]), [])["bright"], rtol=0, atol=1e-6
-    )
-    r_paper = {tt: r[..., t - tt].numpy() for tt in range(t + 1)}
+    def reward_at(i):  # [P, G] rewards of sigma index i (i = T: the final sample)
+        key = (lambda p, k: ("final", p, k)) if i == t else (lambda p, k: ("intermediate", p, k, i))
+        return np.array([[float(it.ref.rewards[key(p, k)]["bright"]) for k in range(g)] for p in range(len(PROMPTS))])
+
+    r_paper = {tt: reward_at(t - tt) for tt in range(t + 1)}
     adv = np.empty((len(PROMPTS), g, t))
     for tt in range(1, t + 1):
         d_r = r_paper[tt - 1] - r_paper[tt]  # [P, G]
         a_t = (d_r - d_r.mean(1, keepdims=True)) / (np.std(d_r, axis=1, keepdims=True) + 1e-4)
         adv[:, :, t - tt] = a_t  # step t of the paper is the jump at sigma index T - t
     adv = torch.as_tensor(adv, dtype=torch.float32).reshape(-1, t).clamp(-cfg.adv_clip, cfg.adv_clip)
-    torch.testing.assert_close(_adv_sde(it), adv, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_adv_sde(it), adv, rtol=0, atol=ADV_TOL)
 
     def step_settings(j, x, v, x_next):  # Eq. 11: sigma_t = psi(t) in the mean and the std
-        return sde_step(x, v, it.sigmas[j], it.sigmas[j + 1], cfg.noise_level, prev_sample=x_next, std_dev_t=psi[j])
+        out = flow_grpo_sampler.sde_step_with_logprob(v, x, it.sigmas, j, cfg.noise_level, prev_sample=x_next, std_dev_t=psi[j])
+        return _logprob_and_mean(out)
 
     ref, steps, norms = _flow_grpo_update(it, adv, trained, 2, step_settings, lambda j: torch.tensor(psi[j]))
     assert steps == 1
@@ -499,26 +573,22 @@ def _branch_reference(it: Iteration, adv: torch.Tensor):
     branches), the prediction repeated G times, the G stored successors' log-probs, loss = mean
     over the G of max(-A r, -A clip(r)), backward, clip_grad_norm_, optimizer.step, zero_grad.
     The scripts hold one prompt per GPU and FSDP averages the gradients of the ranks: with P
-    prompts here that is (1 / P) * sum over the prompts' losses."""
-    from flowrl.sampling import sde_step
-
+    prompts here that is (1 / P) * sum over the prompts' losses. The states and old log-probs are
+    the reference rollout's: transitions[(p, g, k)] leave the anchor state x_k of prompt p."""
     cfg, g, p = it.cfg, it.plan.group_size, len(it.prompts)
     model, norms, steps = it.reference_policy(), [], 0
     step = _sgd_step(model, norms)
-    for b, js in enumerate(it.ro.jump_sets):
-        s, s_next = it.sigmas[js.start], it.sigmas[js.stop]  # a merged jump: sigma_k -> sigma_{k+l}
+    for b, k in enumerate(it.branch_steps()):
+        merge = it.ref.transitions[(0, 0, k)].stop - k  # E-GRPO's merge_step (1 for G²RPO)
         for pi in range(p):  # one "rank" per prompt
-            v = _v1(model, js.x[pi], s, it.ro, pi).repeat(g, 1, 1)
-            lp = sde_step(
-                js.x[pi].unsqueeze(0).repeat(g, 1, 1),
-                v,
-                s,
-                s_next,
-                cfg.noise_level,
-                prev_sample=js.x_next[pi],
-                sigma_max=it.sigmas[1],
-            ).log_prob
-            ratio = torch.exp(lp - js.log_prob[pi])
+            branches = [it.ref.transitions[(pi, gi, k)] for gi in range(g)]
+            x = branches[0].x  # the anchor state, the same for the G branches
+            v = _v1(model, x, it.sigmas[k], it, pi).repeat(g, 1, 1)
+            x_next = torch.stack([tr.x_next for tr in branches])
+            _, _, lp = branch_samplers.flow_grpo_step(
+                v, x.unsqueeze(0).repeat(g, 1, 1), cfg.noise_level, it.sigmas, k, merge_step=merge, prev_sample=x_next
+            )
+            ratio = torch.exp(lp - torch.stack([tr.log_prob for tr in branches]))
             (_ppo(adv[pi, :, b], ratio, cfg.clip_eps).mean() / p).backward()
         step()
         steps += 1
@@ -536,9 +606,9 @@ def test_egrpo_parity(method_cfg):
     )
     assert [(j.start, j.stop) for j in it.plan.jumps] == [(0, 1), (1, 2), (2, 4)]
     assert list(it.cfg.granularities) == [1, 2]
-    raw = 0.7 * it.ro.parts["bright"] + 0.3 * it.ro.parts["red"]  # [P, G, B, C]
+    raw = 0.7 * it.ref_branch_rewards("bright") + 0.3 * it.ref_branch_rewards("red")  # [P, G, B, C]
     adv = _branch_advantages(raw).clamp(-it.cfg.adv_clip, it.cfg.adv_clip)  # grpo_trainer.py L241-243
-    torch.testing.assert_close(torch.stack(it.adv, dim=-1), adv, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(it.adv, dim=-1), adv, rtol=0, atol=ADV_TOL)
     ref, steps, norms = _branch_reference(it, adv)
     assert steps == 3
     assert it.check_update(ref, steps, norms) <= 1
@@ -554,9 +624,9 @@ def test_g2rpo_parity(method_cfg):
         weights={"bright": 0.5, "red": 0.5},  # the weights must not matter here
     )
     assert [(j.start, j.stop) for j in it.plan.jumps] == [(0, 1), (1, 2)]
-    adv = _branch_advantages(it.ro.parts["bright"]) + _branch_advantages(it.ro.parts["red"])
+    adv = _branch_advantages(it.ref_branch_rewards("bright")) + _branch_advantages(it.ref_branch_rewards("red"))
     adv = adv.clamp(-it.cfg.adv_clip, it.cfg.adv_clip)
-    torch.testing.assert_close(torch.stack(it.adv, dim=-1), adv, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(it.adv, dim=-1), adv, rtol=0, atol=ADV_TOL)
     ref, steps, norms = _branch_reference(it, adv)
     assert steps == 2
     assert it.check_update(ref, steps, norms) <= 1
@@ -564,8 +634,6 @@ def test_g2rpo_parity(method_cfg):
 
 # ---- MixGRPO -------------------------------------------------------------------------------------
 def test_mixgrpo_parity(method_cfg):
-    from flowrl.sampling import sde_step
-
     # T 6 -> max_timesteps T - 2 = 4, window 2, the window moves every iteration (iters_per_group
     # 1): iteration 1 uses steps [1, 2] (grpo_states.py progressive, stride 1). One prompt per GPU
     # as the script (train_batch_size 1), G 6, gradient_accumulation_steps 2 -> 3 optimizer steps.
@@ -582,23 +650,22 @@ def test_mixgrpo_parity(method_cfg):
     )
     cfg, g, n_samples = it.cfg, it.plan.group_size, it.num_samples
 
-    # grpo_states.py (progressive, GS 87-99, 148): start = (iteration // iters_per_group) * stride,
-    # window range(start, min(start + w, max_timesteps)), max_timesteps = T - 2 (TG 915-928).
-    start = (1 // cfg.iters_per_group) * cfg.stride
-    window = list(range(start, min(start + cfg.window_size, cfg.num_steps - 2)))
+    # grpo_states.py (progressive, GS 87-99, 148): the window moved once, range(start, min(start + w,
+    # max_timesteps)), max_timesteps = T - 2 (TG 915-928): the reference sampler's SDE steps
+    window = it.branch_steps()
     assert [j.start for j in it.plan.jumps] == window == [1, 2]
 
     # train_grpo_flux.py L427-455 (use_group, advantage_aggr): per reward model, per group,
     # (r - mean) / (r.std() + 1e-8) (unbiased); sum weighted by the reward weights; clamp in the loss.
     adv = torch.zeros(n_samples)
     for name, w in weights.items():
-        r = it.ro.parts[name].flatten()
+        r = it.ref_rewards(name).flatten()
         for i in range(n_samples // g):
             group = r[i * g : (i + 1) * g]
             adv[i * g : (i + 1) * g] += w * (group - group.mean()) / (group.std() + 1e-8)
     adv = adv.clamp(-cfg.adv_clip, cfg.adv_clip)
     flow_adv = _adv_sde(it)
-    torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(flow_adv, adv.unsqueeze(1).expand_as(flow_adv), rtol=0, atol=ADV_TOL)
 
     # train_grpo_flux.py L543-610 (training_strategy part): for each sample i (batch 1), for each
     # window step in ascending order: the Flow-GRPO log-prob (sampling_utils.py L157-210),
@@ -608,18 +675,12 @@ def test_mixgrpo_parity(method_cfg):
     model, norms, steps = it.reference_policy(), [], 0
     step = _sgd_step(model, norms)
     for i in range(n_samples):
-        for j, t in enumerate(window):
-            x, x_next, old = it.sde_sample(i, j)
-            v = _v1(model, x, it.sigmas[t], it.ro, i // g)
-            lp = sde_step(
-                x.unsqueeze(0),
-                v,
-                it.sigmas[t],
-                it.sigmas[t + 1],
-                cfg.noise_level,
-                prev_sample=x_next.unsqueeze(0),
-                sigma_max=it.sigmas[1],
-            ).log_prob
+        for t in window:
+            x, x_next, old = it.sde_sample(i, t)
+            v = _v1(model, x, it.sigmas[t], it, i // g)
+            _, lp = mixgrpo_sampler.flow_grpo_step(
+                v, x.unsqueeze(0), cfg.noise_level, it.sigmas, t, prev_sample=x_next.unsqueeze(0)
+            )
             loss = _ppo(adv[i], torch.exp(lp - old), cfg.clip_eps).mean() / (gas * len(window))
             loss.backward()
         if (i + 1) % gas == 0:

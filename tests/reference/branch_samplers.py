@@ -41,10 +41,11 @@ def sigma_grid(num_steps: int, shift: float) -> torch.Tensor:
     return (shift * t) / (1 + (shift - 1) * t)
 
 
-def flow_grpo_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps=None, merge_step: int = 1):
+def flow_grpo_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps=None, merge_step: int = 1, prev_sample=None):
     """flow_grpo_step / FluxSampler._flow_grpo_step: the Flow-GRPO SDE from sigmas[i] to
-    sigmas[i + merge_step] (std_dev_t at sigmas[i], dt over the whole jump); eta 0 is the Euler step
-    (the anchor and the completions). Returns (z_next, x0 prediction, log-prob averaged over the latent)."""
+    sigmas[i + merge_step] (std_dev_t at sigmas[i], dt over the whole jump) for z, v [B, ...]; eta 0
+    is the Euler step (the anchor and the completions). Returns (z_next, x0 prediction, log-prob [B]
+    averaged over each sample's elements); `prev_sample` given: its log-prob (the training pass)."""
     z, v = z.float(), v.float()
     sigma, sigma_prev = sigmas[i], sigmas[i + merge_step]
     sigma_max = sigmas[1]
@@ -55,9 +56,9 @@ def flow_grpo_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps=None, mer
     if eta == 0:  # noise times a zero std: the scripts add 0 * randn; the log-prob is unused there
         return mean, x0, None
     std = std_dev_t * torch.sqrt(-dt)
-    z_next = mean + std * eps.float()
+    z_next = mean + std * eps.float() if prev_sample is None else prev_sample.float()
     lp = -((z_next - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
-    return z_next, x0, lp.mean()
+    return z_next, x0, lp.flatten(1).mean(1)
 
 
 @torch.no_grad()
@@ -98,7 +99,7 @@ def sample(
                 xk = anchor[k]
                 eps = noise.eps("step", p, g, k).to(xk.device)
                 x_next, _, lp = flow_grpo_step(velocity(xk, sigmas[k]), xk, eta, sigmas, k, eps, merge_step=merge)
-                out.transitions[(p, g, k)] = Transition(k + merge, xk[0], x_next[0], lp)
+                out.transitions[(p, g, k)] = Transition(k + merge, xk[0], x_next[0], lp[0])
                 for gran in granularities:
                     grid = torch.cat([sigmas[: k + merge + 1], sigmas[k + merge + 1 :: gran]])
                     # the ODE loop runs i = start .. len(grid) - 2: the latent is at grid[start]

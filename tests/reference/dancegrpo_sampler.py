@@ -36,10 +36,11 @@ def sigma_grid(num_steps: int, shift: float) -> torch.Tensor:
     return sd3_time_shift(shift, torch.linspace(1, 0, num_steps + 1))
 
 
-def flux_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps: torch.Tensor):
-    """flux_step(grpo=True, sde_solver=True): one DanceGRPO SDE step from sigmas[i] to sigmas[i+1].
-    Returns (z_next, x0 prediction, log-prob averaged over the latent). fp32 throughout, as the
-    script casts z to float32 before the step."""
+def flux_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps: torch.Tensor | None = None, prev_sample=None):
+    """flux_step(grpo=True, sde_solver=True): one DanceGRPO SDE step from sigmas[i] to sigmas[i+1]
+    for z, v [B, ...]. Returns (z_next, x0 prediction, log-prob [B] averaged over each sample's
+    elements). `prev_sample` given: its log-prob (grpo_one_step, the training pass). fp32
+    throughout, as the script casts z to float32 before the step."""
     z, v = z.float(), v.float()
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
     dsigma = sigma_next - sigma  # < 0
@@ -48,11 +49,11 @@ def flux_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps: torch.Tensor)
     std = eta * math.sqrt(float(sigma - sigma_next))  # the script takes math.sqrt of the step length
     score = -(z - x0 * (1 - sigma)) / sigma**2  # ... plus the score correction of the reverse SDE
     mean = mean + (-0.5 * eta**2 * score) * dsigma
-    z_next = mean + eps.float() * std
-    # the Gaussian log-density of z_next, averaged over every element (not summed: the script's
-    # `mean(dim=tuple(range(1, ndim)))`, which keeps ratios of 10^5-dim latents in range)
+    z_next = mean + eps.float() * std if prev_sample is None else prev_sample.float()
+    # the Gaussian log-density of z_next, averaged over each sample's elements (not summed: the
+    # script's `mean(dim=tuple(range(1, ndim)))`, which keeps ratios of 10^5-dim latents in range)
     lp = -((z_next - mean) ** 2) / (2 * std**2) - math.log(std) - math.log(math.sqrt(2 * math.pi))
-    return z_next, x0, lp.mean()
+    return z_next, x0, lp.flatten(1).mean(1)
 
 
 @torch.no_grad()
@@ -84,7 +85,7 @@ def sample(
             for i in range(num_steps):
                 v = model.velocity(z, sigmas[i].reshape(1).to(z), embeds)
                 z_next, x0, lp = flux_step(v, z, eta, sigmas, i, noise.eps("step", p, g, i).to(z.device))
-                out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp)
+                out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp[0])
                 z = z_next
             # `latents = pred_original`: the x0 prediction of the last step is decoded and scored
             scored = x0 if score == "last_x0" else z

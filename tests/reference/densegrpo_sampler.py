@@ -66,7 +66,7 @@ def sample(
                 z_next, lp, _, _ = sde_step_with_logprob(
                     velocity(z, i, cond), z, sigmas, i, noise_level, eps=eps, std_dev_t=psi[i]
                 )
-                out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp)
+                out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp[0])
                 z = z_next
                 states.append(z)
             out.score(("final", p, g), model.decode(z)[0], reward, prompt)  # R_T: the sample itself

@@ -41,7 +41,8 @@ def pipeline_sigmas(num_steps: int, scheduler=None) -> torch.Tensor:
 
 def sde_step_with_logprob(v, z, sigmas: torch.Tensor, i: int, noise_level: float, eps=None, prev_sample=None, std_dev_t=None):
     """One Flow-GRPO SDE step from sigmas[i] to sigmas[i+1] (fp32, as the patched scheduler upcasts).
-    Returns (z_next, log-prob averaged over the latent, the transition mean, std_dev_t).
+    z, v [B, ...]. Returns (z_next, log-prob [B] averaged over each sample's elements, the
+    transition mean, std_dev_t).
     `prev_sample` given: its log-prob (the training pass). `std_dev_t` given: the diffusion
     coefficient itself (DenseGRPO's Eq. 11 sets it to psi(t)); else a * sqrt(sigma / (1 - sigma))."""
     z, v = z.float(), v.float()
@@ -57,7 +58,7 @@ def sde_step_with_logprob(v, z, sigmas: torch.Tensor, i: int, noise_level: float
     if prev_sample is None:
         prev_sample = mean + std * eps.float()
     lp = -((prev_sample.float() - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
-    return prev_sample, lp.mean(), mean, std_dev_t
+    return prev_sample, lp.flatten(1).mean(1), mean, std_dev_t
 
 
 def guided_velocity(model, z, sigma, cond, uncond, guidance_scale: float):
@@ -100,7 +101,7 @@ def sample(
                 v = guided_velocity(model, z, sigmas[i], cond, uncond, guidance_scale)
                 eps = noise.eps("step", p, g, i) if last_step_noise is None or i < num_steps - 1 else last_step_noise(p, g)
                 z_next, lp, _, _ = sde_step_with_logprob(v, z, sigmas, i, noise_level, eps=eps.to(z.device))
-                out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp)
+                out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp[0])
                 z = z_next
             out.score(("final", p, g), model.decode(z)[0], reward, prompt)  # the final sample itself
     return out

@@ -46,9 +46,11 @@ def progressive_window(iteration: int, num_steps: int, window: int, iters_per_gr
     return list(range(cur, min(cur + window, max_timesteps)))
 
 
-def flow_grpo_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps, deterministic: bool):
+def flow_grpo_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps=None, deterministic: bool = False, prev_sample=None):
     """sampling_utils.flow_grpo_step: the Flow-GRPO SDE step, or, where `deterministic`, the Euler
-    step x + dt * v (whose log-prob the script computes but never uses). Returns (z_next, log-prob)."""
+    step x + dt * v (whose log-prob the script computes but never uses), for z, v [B, ...].
+    Returns (z_next, log-prob [B] averaged over each sample's elements); `prev_sample` given: its
+    log-prob (grpo_one_step, the training pass)."""
     z, v = z.float(), v.float()
     sigma, sigma_prev = sigmas[i], sigmas[i + 1]
     sigma_max = sigmas[1]
@@ -56,9 +58,12 @@ def flow_grpo_step(v, z, eta: float, sigmas: torch.Tensor, i: int, eps, determin
     std_dev_t = torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * eta
     mean = z * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
     std = std_dev_t * torch.sqrt(-dt)
-    z_next = z + dt * v if deterministic else mean + std * eps.float()
+    if prev_sample is not None:
+        z_next = prev_sample.float()
+    else:
+        z_next = z + dt * v if deterministic else mean + std * eps.float()
     lp = -((z_next - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
-    return z_next, lp.mean()
+    return z_next, lp.flatten(1).mean(1)
 
 
 @torch.no_grad()
@@ -87,7 +92,7 @@ def sample(
                 eps = noise.eps("step", p, g, i).to(z.device)
                 z_next, lp = flow_grpo_step(v, z, eta, sigmas, i, eps, deterministic[i])
                 if not deterministic[i]:
-                    out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp)
+                    out.transitions[(p, g, i)] = Transition(i + 1, z[0], z_next[0], lp[0])
                 z = z_next
             out.score(("final", p, g), model.decode(z)[0], reward, prompt)
     return out
