@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast train sample plan bench bench-gpu gpu-wheels lint pretrain ui mlflow-ui clean
+.PHONY: help setup test test-fast train sample plan bench bench-gpu gpu-wheels study-gpu lint pretrain ui mlflow-ui clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -55,10 +55,18 @@ bench-gpu: ## the one-call GPU suite, writes experiments/bench/gpu.md (on the GP
 	test -x $(PY) || pip install --quiet --no-deps wheels/*.whl
 	PYTHONPATH=src:. $(or $(wildcard $(PY)),python) -m benchmarks.bench --suite gpu
 
-gpu-wheels: $(STAMP) ## download what the GPU image lacks (diffusers, hydra-core, omegaconf, antlr4, tabulate) into wheels/
-	$(PY) -m pip wheel --quiet --no-deps -w wheels $$(grep -E '^(diffusers|hydra-core|omegaconf|antlr4-python3-runtime|tabulate)==' requirements.lock)
+gpu-wheels: $(STAMP) ## download what the GPU image lacks (benchmarks/gpu_wheels.txt, pinned by requirements.lock) into wheels/ as CPython 3.12 wheels
+	@pins=$$(grep -v '^#' benchmarks/gpu_wheels.txt | grep . | while read n; do grep -iE "^$$(echo $$n | sed 's/[-_]/[-_]/g')==" requirements.lock || { echo "gpu-wheels: $$n is not pinned in requirements.lock" >&2; exit 1; }; done) && \
+	for pin in $$pins; do \
+	  $(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	    -d wheels $$pin 2>/dev/null || $(PY) -m pip wheel --quiet --no-deps -w wheels $$pin; \
+	done  # pip wheel builds the sdist-only ones (antlr4 4.9.3) here: pure Python, any version
 	rm -f wheels/*.tar.gz
 	du -sh wheels
+
+study-gpu: ## the toy study at 10x the seeds in one device call (benchmarks/toy_study_gpu.sh; on the GPU image, carry wheels/)
+	bash benchmarks/toy_study_gpu.sh
 
 pretrain: $(STAMP) ## regenerate the shipped tiny model and tiny_clip weights (~12 min on 2 cores)
 	$(PY) -m flowrl.pretrain
