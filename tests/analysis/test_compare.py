@@ -398,3 +398,45 @@ def test_eval_noise_against_seed_spread(tmp_path):
     assert row["geneval eval SE"] == pytest.approx((0.01 + 0.02 + 0.03) / 3, rel=1e-3)  # 0.0196 / 1.96 = 0.01 ...
     assert row["geneval seed SD"] == pytest.approx(0.04, rel=1e-6)  # SD of 0.30, 0.34, 0.38
     assert "eval SE <= seed SD / 4" in (tmp_path / "cmp" / "table.md").read_text()
+
+
+def test_per_category_table_when_the_ground_truth_is_a_category_overall(tmp_path):
+    # GenEval's categories of the ground-truth reward, per group: last value (mean over seeds) and
+    # its change since the first evaluation with the t half-width. Worked by hand: group "a" has
+    # colors 0.5 -> 0.7 and 0.5 -> 0.9 (Δ 0.2, 0.4: mean 0.3, s 0.1414, t(.975, 1) 12.706 x s / sqrt 2
+    # = 1.2706); position stays 0 -> 0.
+    from flowrl.analysis import compare
+
+    uri, client = _store(tmp_path)
+    exp = client.create_experiment("cats")
+    gt = "val/category/geneval/overall"
+    for method, seed, colors, position in [
+        ("a", "0", 0.7, 0.0),
+        ("a", "1", 0.9, 0.0),
+        ("b", "0", 0.5, 0.25),
+        ("b", "1", 0.5, 0.25),
+    ]:
+        curves = {
+            "val/reward/geneval": [(0, 0.25), (2, (colors + position) / 2)],
+            "val/category/geneval/colors": [(0, 0.5), (2, colors)],
+            "val/category/geneval/position": [(0, 0.0), (2, position)],
+            gt: [(0, 0.25), (2, (colors + position) / 2)],
+        }
+        _run(client, exp, f"{method}{seed}", {"method.name": method, "seed": seed}, curves, tags={"ground_truth": gt})
+    got = compare("cats", by=["method.name"], out_dir=tmp_path / "out", tracking_uri=uri, log_summary=False)
+    text = got["markdown"]
+    assert "## Per category (`geneval`" in text
+    section = text.split("## Per category")[1].split("##")[0]
+    header, _, row_a, row_b = [line for line in section.splitlines() if line.startswith("|")][:4]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[:3] == ["group", "n", "colors"] and cols[-3:] == ["overall", "Δoverall", "Δoverall ±95% CI"]
+    a = dict(zip(cols, [c.strip() for c in row_a.strip("|").split("|")]))
+    assert (a["group"], a["colors"], a["Δcolors"], a["Δposition"]) == ("a", "0.8000", "0.3000", "0.0000")
+    assert float(a["Δcolors ±95% CI"]) == pytest.approx(12.7062 * 0.141421 / math.sqrt(2), abs=1e-3)
+    b = dict(zip(cols, [c.strip() for c in row_b.strip("|").split("|")]))
+    assert (b["position"], b["Δposition ±95% CI"]) == ("0.2500", "0.0000")
+    # another metric: no category section
+    other = compare(
+        "cats", metric="val/reward/geneval", by=["method.name"], out_dir=tmp_path / "o2", tracking_uri=uri, log_summary=False
+    )
+    assert "## Per category" not in other["markdown"]

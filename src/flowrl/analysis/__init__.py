@@ -43,7 +43,15 @@ from flowrl.analysis.runs import (
     run_values,
 )
 from flowrl.analysis.stats import DELTA
-from flowrl.analysis.tables import group_table, render_markdown, resolve_key, short, swept_keys
+from flowrl.analysis.tables import (
+    category_table,
+    group_table,
+    render_categories,
+    render_markdown,
+    resolve_key,
+    short,
+    swept_keys,
+)
 
 DEFAULT_METRIC = GROUND_TRUTH
 
@@ -80,6 +88,9 @@ def compare(
         raise SystemExit(f"flowrl.compare: no finished run of {experiment!r} logs {metric!r}")
     paired = unpaired = None
     sections, logged = [], {}
+    categories = category_table(client, values, keys, metric) if not finished.empty else None
+    if categories is not None:
+        sections.append(render_categories(categories, metric))
     if baseline:
         paired, unpaired, base_label = paired_table(client, values, keys, metric, baseline, paired_by, delta)
         sections.append(render_paired(paired, unpaired, base_label, metric, metric_source, paired_by, delta))

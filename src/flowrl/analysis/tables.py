@@ -145,6 +145,55 @@ def group_table(values, keys: list[str], val_keys: list[str], metric: str):
     return table.reset_index(drop=True)
 
 
+def category_table(client, values, keys: list[str], metric: str):
+    """GenEval's per-category table, when the ground truth is a category overall
+    (`val/category/<reward>/overall`): one row per group, per category of that reward the mean over
+    seeds of its last evaluation and of its change since the first (before training), with the 95%
+    t half-width of the change. None for other metrics or runs that log no categories."""
+    import pandas as pd
+
+    from flowrl.analysis.runs import metric_history
+
+    if not (metric.startswith("val/category/") and metric.endswith("/overall")):
+        return None
+    prefix = metric.removesuffix("overall")
+    cats = sorted({c.removeprefix(f"metrics.{prefix}") for c in values.columns if c.startswith(f"metrics.{prefix}")})
+    cats = [c for c in cats if c != "overall"] + ["overall"]
+    if len(cats) < 2:
+        return None
+    rows = []
+    for label, g in group_iter(values, keys):
+        row = {"group": label, "n": len(g)}
+        for cat in cats:
+            first, last = [], []
+            for rid in g["run_id"]:
+                hist = metric_history(client, rid, prefix + cat)
+                if hist:
+                    first.append(hist[0][1])
+                    last.append(hist[-1][1])
+            row[cat] = mean_ci(last)[0]
+            delta, ci, _ = mean_ci([b - a for a, b in zip(first, last)])
+            row[f"Δ{cat}"], row[f"Δ{cat} ±95% CI"] = delta, ci
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_categories(table, metric: str) -> str:
+    """The markdown section of `category_table`."""
+    reward = metric.removeprefix("val/category/").removesuffix("/overall")
+    return "\n".join(
+        [
+            f"## Per category (`{reward}`: GenEval's categories; `overall` is their mean)",
+            "",
+            "Each category's accuracy at the last evaluation (mean over seeds), `Δ` its change since",
+            "the evaluation before training, `±95% CI` the t half-width of that change over seeds.",
+            "",
+            _md(table),
+            "",
+        ]
+    )
+
+
 def noise_vs_spread(g, metric: str) -> dict[str, float]:
     """The ground truth's two noises, from one group's runs: `eval SE`, the final evaluation's own
     sampling noise (its bootstrap 95% interval, val_ci/<name>/low|high, as a standard error: width /
