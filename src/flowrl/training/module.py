@@ -444,14 +444,12 @@ def category_means(
     (prompts resampled within each category: `prompts` holds each prompt per_prompt times in a row)."""
     if not hasattr(reward, "categories"):
         return {}
+    from flowrl.rewards.geneval import summarize
+
     cats = reward.categories(prompts)
     rows = {c: [i for i, x in enumerate(cats) if x == c] for c in dict.fromkeys(cats)}
-    acc = {c: scores[r].mean().item() for c, r in rows.items()}
-    out = {f"val/category/{name}/{c}": v for c, v in acc.items()}
-    if not acc:
-        return out
-    out[f"val/category/{name}/overall"] = sum(acc.values()) / len(acc)
-    if resamples:
+    out = {f"val/category/{name}/{c}": v for c, v in summarize({c: scores[r] for c, r in rows.items()}).items()}
+    if resamples and rows:
         g = torch.Generator().manual_seed(seed)
         boot = torch.zeros(resamples)
         for r in rows.values():  # [prompts of c, per_prompt] -> per-prompt means, resampled
