@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from flowrl.training.build import (
     build_module,
     calibration_prompts,
+    held_out_prompts,
     prompt_loaders,
     seed_everything,
     silence_known_warnings,
@@ -41,7 +42,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     stop = StopRequest()
     with task_wrapper(cfg, logger, module, stop):
         start_or_resume(cfg, logger, module, ckpt)
-        trainer, control = make_trainer(cfg, logger, stop, list(data.val))
+        # the evaluations in the loop (the last one is the final one) on the held-out subset the before one uses (val.max_prompts)
+        trainer, control = make_trainer(cfg, logger, stop, held_out_prompts(list(data.val), cfg.val.get("max_prompts")))
         iterations = run_length(cfg, control, trainer)
         if is_rank_zero():
             print(header(cfg, f"{iterations} iterations" + (f" (budget {control.budget})" if control.budget else "")))
