@@ -6,9 +6,9 @@ one prompt per iteration, a FLUX-architecture model with random weights:
   (a) where the engine's rollout time goes: model forwards, reward, the rest (engine overhead);
   (b) flowrl's rollout engine vs a peer-style loop (benchmarks/peers.py: one branch point at a
       time, in the official DanceGRPO / Flow-GRPO / E-GRPO / G²RPO / MixGRPO scripts' batch sizes)
-      on the same plan: the same number and layout of scored images, the same NFE as the papers
-      count them (its noise is drawn per prompt and micro-batch, so its images equal the engine's
-      only for one prompt at micro-batch >= G);
+      on the same plan: the same scored images (its noise is the engine's noise source with the
+      engine's seed, and it samples on the weights the engine sampled on), the same NFE as the
+      papers count them;
   (c) the papers' per-prompt budget (NFE, reward queries, backward passes) next to the measured
       wall time of one GRPO iteration: rollout + advantages + training forwards/backwards.
 Plus the embedded model's cost by patch size (why the shipped model uses 4x4 patches).
@@ -146,8 +146,12 @@ def bench_method(setup: MethodSetup, make_model, reward, repeats: int, max_batch
     it = prepare(setup, make_model, reward, max_batch, micro_batch, device)
     engine_runs, peer_runs = [], []
     for r in range(repeats):  # interleaved, so engine and peer see the same machine load
+        before = {k: v.detach().clone() for k, v in it.model.state_dict().items()}
         run, ro, adv = engine_iteration(it, r)
         engine_runs.append(run)
+        # the peer samples on the weights the engine sampled on, from the same noise (seed r through
+        # the engine's noise source): it scores the engine's images (tests/benchmarks/test_bench.py)
+        it.model.load_state_dict(before)
         peer_runs.append(peer_iteration(it, r, ro, adv, run["advantages_s"]))
     return summary_row(it, engine_runs, peer_runs)
 

@@ -5,7 +5,9 @@ against flowrl's engine; tests import them (`from benchmarks.peers import peer_r
 The loop structure follows the official DanceGRPO, Flow-GRPO, E-GRPO (VisualGRPO), G²RPO and
 MixGRPO training scripts (files named in PEER_BATCHES); it is not their code. The engine's
 primitives (`ode_step`, the plan's step settings, `policy_update`) are flowrl's own, so the peer
-loops differ from the engine only in how the work is batched and ordered.
+loops differ from the engine only in how the work is batched and ordered. Their noise comes from the
+engine's noise source (flowrl.engine.noise), asked in the engine's order, so on the same weights and
+seed they score the engine's images (to float rounding of other batchings; tests/benchmarks).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flowrl.engine.noise import NoiseSource, noise_source
 from flowrl.engine.rollout import chunks
 from flowrl.engine.update import policy_update
 from flowrl.sampling.steps import ode_step
@@ -68,7 +71,9 @@ def _ode_along(model, x, schedule: list[int], sigmas, embeds):
 
 
 @torch.no_grad()
-def peer_rollout(model, plan, prompts: list[str], score_fn, generator, micro_batch: int = 2) -> dict[str, torch.Tensor]:
+def peer_rollout(
+    model, plan, prompts: list[str], score_fn, generator=None, micro_batch: int = 2, noise: NoiseSource | None = None
+) -> dict[str, torch.Tensor]:
     """The plan executed as the official scripts structure their sampling: one prompt at a time;
     the G samples of a group in micro-batches of `micro_batch` rows; each micro-batch runs step by
     step to its scored image(s) before the next starts. Full SDE trajectories: T stochastic steps,
@@ -77,9 +82,22 @@ def peer_rollout(model, plan, prompts: list[str], score_fn, generator, micro_bat
     evaluated for every sample (the peers do not share it across the group), then each completion
     schedule. No forward mixes branch points or lanes.
 
-    Spends exactly the papers' NFE: plan.budget()["nfe_per_prompt"] per prompt. With one prompt and
-    micro_batch >= G it draws its noise in the engine's order, so it samples the engine's images.
+    Spends exactly the papers' NFE: plan.budget()["nfe_per_prompt"] per prompt. Its noise is the
+    engine's: `noise` (a NoiseSource), by default GeneratorNoise(generator) as the engine's, asked for
+    the same draws in the same order (the initial noise, then every step's or branch's noise, all
+    prompts at once), then read per prompt and micro-batch; so with the engine's seed it samples the
+    engine's images, whatever the number of prompts and the micro-batch.
     Returns the rewards {part: [P, G, *plan.score_shape]} (the engine's layout)."""
+    noise = noise_source(noise, generator)
+    g, p_n = plan.group_size, len(prompts)
+    if plan.trajectory == "sde":  # the engine's draws (flowrl.engine.rollout), rows p*G + g
+        x1 = noise.initial(model, p_n, 1 if plan.same_initial_noise else g)
+        if plan.same_initial_noise:
+            x1 = x1.repeat_interleave(g, dim=0)
+        eps = noise.steps(model, range(plan.num_steps), p_n, g)  # [T, P*G, *latent]
+    else:
+        x1 = noise.initial(model, p_n, 1)  # one anchor per prompt
+        eps = noise.steps(model, [b.jump.start for b in plan.branches], p_n, g)  # [B, P*G, *latent]
     parts: dict[str, torch.Tensor] = {}
 
     def record(p: int, rows: slice, where: tuple, x) -> None:
@@ -87,29 +105,39 @@ def peer_rollout(model, plan, prompts: list[str], score_fn, generator, micro_bat
             shape = (len(prompts), plan.group_size, *plan.score_shape)
             parts.setdefault(name, torch.zeros(shape))[(p, rows, *where)] = score.float().cpu()
 
-    for p in range(len(prompts)):
+    for p in range(p_n):
         embeds = model.encode_prompts([prompts[p]])
+        mine = slice(p * g, (p + 1) * g)  # this prompt's rows of the draws
         if plan.trajectory == "sde":
-            _sde_prompt(model, plan, embeds, generator, micro_batch, lambda rows, where, x, p=p: record(p, rows, where, x))
+            _sde_prompt(
+                model, plan, embeds, x1[mine], eps[:, mine], micro_batch, lambda rows, where, x, p=p: record(p, rows, where, x)
+            )
         else:
-            _anchor_prompt(model, plan, embeds, generator, micro_batch, lambda rows, where, x, p=p: record(p, rows, where, x))
+            _anchor_prompt(
+                model,
+                plan,
+                embeds,
+                x1[p : p + 1],
+                eps[:, mine],
+                micro_batch,
+                lambda rows, where, x, p=p: record(p, rows, where, x),
+            )
     return parts
 
 
-def _sde_prompt(model, plan, embeds, generator, micro_batch: int, record) -> None:
-    """One prompt's G full trajectories, micro-batch by micro-batch."""
-    g, t = plan.group_size, plan.num_steps
+def _sde_prompt(model, plan, embeds, x1, eps, micro_batch: int, record) -> None:
+    """One prompt's G full trajectories from x1 [G, *latent] with step noise eps [T, G, *latent],
+    micro-batch by micro-batch."""
+    t = plan.num_steps
     sigmas = plan.sigma_tensor()
-    x1 = model.initial_noise(1 if plan.same_initial_noise else g, generator)
-    for rows in chunks(g, micro_batch):
+    for rows in chunks(plan.group_size, micro_batch):
         n = rows.stop - rows.start
         e = embeds.repeat_interleave(n)
-        x = x1.expand(n, *x1.shape[1:]).clone() if plan.same_initial_noise else x1[rows]
+        x = x1[rows].clone()
         states = [x]  # what the peers keep for their training pass
         for i in range(t):
             v = model.velocity(x, sigmas[i].expand(n).to(x), e)
-            noise = torch.randn(x.shape, generator=generator).to(x.device)
-            out = plan.step_at(i)(x, v, sigmas[i], sigmas[i + 1], noise=noise)
+            out = plan.step_at(i)(x, v, sigmas[i], sigmas[i + 1], noise=eps[i, rows])
             last_x0 = x.float() - sigmas[i] * v.float()
             x = out.prev_sample
             states.append(x)
@@ -119,13 +147,14 @@ def _sde_prompt(model, plan, embeds, generator, micro_batch: int, record) -> Non
             record(rows, (i,), _ode_along(model, states[i], schedule, sigmas, e))
 
 
-def _anchor_prompt(model, plan, embeds, generator, micro_batch: int, record) -> None:
-    """One prompt's ODE anchor, then each branch point's G jumps and their completions."""
+def _anchor_prompt(model, plan, embeds, x1, eps, micro_batch: int, record) -> None:
+    """One prompt's ODE anchor from x1 [1, *latent], then each branch point's G jumps (noise
+    eps [B, G, *latent]) and their completions."""
     g = plan.group_size
     sigmas = plan.sigma_tensor()
     last = plan.anchor_nfe()
     starts = {b.jump.start for b in plan.branches}
-    x = model.initial_noise(1, generator)
+    x = x1
     anchor = {}
     for i in range(last + 1):
         if i in starts:
@@ -139,8 +168,7 @@ def _anchor_prompt(model, plan, embeds, generator, micro_batch: int, record) -> 
             e = embeds.repeat_interleave(n)
             xk = anchor[k].expand(n, *x.shape[1:]).clone()
             v = model.velocity(xk, sigmas[k].expand(n).to(xk), e)  # per sample, as the peers
-            noise = torch.randn(xk.shape, generator=generator).to(xk.device)
-            out = branch.jump.step(xk, v, sigmas[k], sigmas[s], noise=noise)
+            out = branch.jump.step(xk, v, sigmas[k], sigmas[s], noise=eps[b, rows])
             for c, schedule in enumerate(branch.completions):
                 record(rows, (b, c), _ode_along(model, out.prev_sample, schedule, sigmas, e))
 

@@ -110,9 +110,9 @@ def _end_to_end(rows: list[dict]) -> list[str]:
         "per prompt, per branch point, in their batch sizes, the jump velocity evaluated per sample) + the "
         "same advantages + `peer_update` (a forward with grad per trained start state in their train batch "
         "size), with the method's optimizer-step placement. "
-        "Both spend the papers' NFE on the same plan and score as many images, in the same layout; the peer "
-        "draws its noise per prompt and micro-batch, so its images are the engine's only for one prompt at "
-        "micro-batch >= G (tested); the cost does not depend on the values.",
+        "Both spend the papers' NFE on the same plan and score the same images: the peer takes its noise from "
+        "the engine's noise source with the engine's seed and samples on the weights the engine sampled on "
+        "(tested for every method, several prompts and micro-batch 1); the cost does not depend on the values.",
         "",
     ]
     return lines + _table(
@@ -166,8 +166,8 @@ def _engine_vs_peer(rows: list[dict]) -> list[str]:
         "",
         "The peer loop (`peer_rollout` in benchmarks/peers.py) mirrors the official scripts' structure: one "
         "prompt, one branch point at a time, the group in the official batch size, each run step by step "
-        "to its scored images, the jump velocity evaluated for every sample. Both produce as many scored "
-        "images (the peer's drawn in its own noise order) and the same NFE as the papers count them (the peer spends exactly that; the engine shares "
+        "to its scored images, the jump velocity evaluated for every sample. Both produce the same scored "
+        "images (the peer's noise is the engine's) and the same NFE as the papers count them (the peer spends exactly that; the engine shares "
         "the jump velocity of the G samples leaving one anchor state and is charged the papers' count "
         "anyway: `NFE (papers)` is the charged count and `evals` what each actually ran). Throughput is "
         "scored images/s and papers-NFE/s, so engine/peer is the same for both. `calls` = sequential model "

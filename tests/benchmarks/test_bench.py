@@ -73,27 +73,46 @@ def small_model():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_peer_rollout_samples_the_engines_images(method, small_model):
-    # One prompt, the whole group in one micro-batch: the peer loop draws its noise in the engine's
-    # order, so it must score the same images (to float rounding of other batchings) and spend
-    # exactly the papers' NFE.
+    # The peer loop takes its noise from the engine's noise source in the engine's order, so with
+    # the engine's seed it scores the engine's images (to float rounding of other batchings) for
+    # several prompts and a micro-batch that splits every group, and spends exactly the papers' NFE.
     from flowrl.engine.rollout import rollout
 
     model = small_model
     plan = compose_method(method, [], small=True).step_scheduler.plan(0, torch.Generator().manual_seed(0))
+    assert plan.group_size > 1  # micro-batch 1 splits the group
 
     def brightness(images, prompts):
         return {"brightness": images.mean(dim=(1, 2, 3))}
 
-    prompts = ["a red circle on a blue background"]
+    prompts = ["a red circle on a blue background", "a white square on a green background"]
     engine = rollout(model, plan, prompts, brightness, torch.Generator().manual_seed(3), max_batch=64)
     timed = TimedModel(model)
-    peer = peer_rollout(timed, plan, prompts, brightness, torch.Generator().manual_seed(3), micro_batch=plan.group_size)
+    peer = peer_rollout(timed, plan, prompts, brightness, torch.Generator().manual_seed(3), micro_batch=1)
     assert peer["brightness"].shape == engine.parts["brightness"].shape
     torch.testing.assert_close(peer["brightness"], engine.parts["brightness"], rtol=1e-4, atol=1e-5)
-    assert timed.evals == plan.budget()["nfe_per_prompt"]
+    assert timed.evals == plan.budget()["nfe_per_prompt"] * len(prompts)
     # a different noise stream gives other images: the comparison above is not vacuous
-    other = peer_rollout(model, plan, prompts, brightness, torch.Generator().manual_seed(4), micro_batch=plan.group_size)
+    other = peer_rollout(model, plan, prompts, brightness, torch.Generator().manual_seed(4), micro_batch=1)
     assert not torch.allclose(other["brightness"], engine.parts["brightness"], rtol=1e-4, atol=1e-5)
+
+
+def test_peer_rollout_takes_an_injected_noise_source(small_model):
+    # The bench's peer loop and the engine handed the same NoiseSource score the same images.
+    from flowrl.engine.noise import GeneratorNoise
+    from flowrl.engine.rollout import rollout
+
+    plan = compose_method("dancegrpo", [], small=True).step_scheduler.plan(0, torch.Generator().manual_seed(0))
+
+    def brightness(images, prompts):
+        return {"brightness": images.mean(dim=(1, 2, 3))}
+
+    prompts = ["a red circle on a blue background"] * 3
+    engine = rollout(small_model, plan, prompts, brightness, noise=GeneratorNoise(torch.Generator().manual_seed(9)))
+    peer = peer_rollout(
+        small_model, plan, prompts, brightness, micro_batch=1, noise=GeneratorNoise(torch.Generator().manual_seed(9))
+    )
+    torch.testing.assert_close(peer["brightness"], engine.parts["brightness"], rtol=1e-4, atol=1e-5)
 
 
 def test_gpu_suite_dry_run(tmp_path):
