@@ -57,7 +57,7 @@ def log_metrics(module, metrics: dict, stats, ro, num_prompts: int, reward_mean:
     # bar only; MLflow gets train/reward/<name>
     module.log("reward", reward_mean, prog_bar=True, logger=False, batch_size=num_prompts)
     val = module.val_cfg
-    if (module.iteration - 1) % max(1, val.train_grid_every) == 0 and hasattr(logger, "run_id"):
+    if val.grid_prompts > 0 and (module.iteration - 1) % max(1, val.train_grid_every) == 0 and hasattr(logger, "run_id"):
         from flowrl.training.tracking import log_image_grid
 
         log_image_grid(logger, ro.images[: val.grid_prompts * 4], "train", step=module.iteration, nrow=8)

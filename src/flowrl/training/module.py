@@ -407,7 +407,7 @@ class GRPOModule(L.LightningModule):
             metrics |= categories
             self.last_logged = metrics
             self.logger.log_metrics({**metrics, "val/nfe_total": float(self.nfe_total)}, step=self.iteration)
-        if hasattr(self.logger, "run_id"):
+        if hasattr(self.logger, "run_id") and cfg.grid_prompts > 0:  # val.grid_prompts=0: no grids
             from flowrl.training.tracking import log_image_grid
 
             grid = images[: cfg.grid_prompts * per_prompt]
