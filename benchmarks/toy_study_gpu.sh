@@ -39,7 +39,7 @@ else
     || { echo "toy_study_gpu: a package is missing (make gpu-wheels here, carry wheels/, pip install --target, PYTHONPATH)" >&2; exit 2; }
   export SEEDS="${SEEDS:-$(seq -s, 0 49)}" N_JOBS="${N_JOBS:-16}" OMP_NUM_THREADS=1
   DEADLINE_S="${DEADLINE_S:-480}"
-  EXTRA=(trainer.accelerator=gpu val.final_samples_per_prompt=10)
+  EXTRA=(trainer.accelerator=gpu val.samples_per_prompt=10)  # every evaluation on the same 5,120 images
 fi
 export PYTHON LAUNCHER=joblib EXPERIMENT=toy-benchmark-v2-gpu
 
