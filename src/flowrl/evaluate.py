@@ -46,8 +46,8 @@ def evaluate(cfg: DictConfig) -> dict:
     weights = resolve_all(cfg.get("checkpoint"))
     sampler = Sampler.from_config(protocol.sampler)
     prompts = read_prompts(protocol)
-    client, experiment_id = _tracking(cfg)  # an unreachable server fails now, not after the sampling
     rewards = {n: instantiate(r) for n, r in protocol.rewards.items()}  # a missing reward file: before the model
+    client, experiment_id = _tracking(cfg)  # an unreachable server fails now, not after the sampling
     n_images = len(prompts.prompts) * sampler.samples_per_prompt
     print(
         f"flowrl: protocol={name} | {len(prompts.prompts)} prompts x {sampler.samples_per_prompt} = {n_images} images per checkpoint "

@@ -94,9 +94,22 @@ def _fake_the_files_it_reads(cfg, tmp_path):
         for c in PIPELINE_COMPONENTS:
             (path / c).mkdir(parents=True, exist_ok=True)
         (path / "model_index.json").write_text(json.dumps({"_class_name": PIPELINE_CLASS[module]}))
-    for key in ("train_file", "val_file"):
-        if cfg.data.get(key):
-            path = Path(cfg.data[key])
+    protocol = cfg.get("eval_protocol") or {}  # the paper presets' protocol after training: its prompts and reward files
+    protocol_file = protocol.get("prompts", {}).get("file")
+    from flowrl.evaluation.reward_files import FILES
+
+    for node in (protocol.get("rewards") or {}).values():
+        for key, *_, kind in (entry[:5] for entry in FILES.get(node.get("_target_"), [])):
+            path = Path(node[key])
+            assert path.is_relative_to(tmp_path), path
+            if kind == "dir":
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+    for path in [cfg.data.get(key) for key in ("train_file", "val_file")] + [protocol_file]:
+        if path:
+            path = Path(path)
             assert path.is_relative_to(tmp_path), path
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("a red circle on a blue background\na white square on a green background\n")

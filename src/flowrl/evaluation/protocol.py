@@ -99,17 +99,19 @@ def check_protocol(protocol, key: str = "protocol") -> None:
         raise ConfigError(f"{key}.max_prompts", mp, "null or an integer >= 1")
     prompts = protocol.get("prompts") or {}
     path = prompt_file(protocol)
-    if path is None:
-        if prompts.get("source") is None:
-            raise ConfigError(f"{key}.prompts", None, "a prompt file (prompts.file) or an embedded world's set (prompts.source)")
-        return
-    if not path.exists():
+    if path is None and prompts.get("source") is None:
+        raise ConfigError(f"{key}.prompts", None, "a prompt file (prompts.file) or an embedded world's set (prompts.source)")
+    if path is not None and not path.exists():
         raise PromptFileMissing(missing_file_message(protocol, path, key))
-    from flowrl.config.schema import prompt_file_problem
+    if path is not None:
+        from flowrl.config.schema import prompt_file_problem
 
-    problem = prompt_file_problem(path)
-    if problem:
-        raise ConfigError(f"{key}.prompts.file", path, problem)
+        problem = prompt_file_problem(path)
+        if problem:
+            raise ConfigError(f"{key}.prompts.file", path, problem)
+    from flowrl.evaluation.reward_files import check_reward_files
+
+    check_reward_files(protocol.rewards)  # a missing reward checkpoint in a second, as its loader words it
 
 
 def missing_file_message(protocol, path: Path, key: str = "protocol") -> str:
