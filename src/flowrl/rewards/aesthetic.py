@@ -42,7 +42,6 @@ CLIP_L14_HINT = (
     "$FLOWRL_MODELS/vit_large_patch14_clip_224.openai`, or set reward.clip_checkpoint=<file>"
 )
 HIDDEN = (1024, 128, 64, 16)  # the published MLP's widths (then 1)
-LINEAR_INDICES = (0, 2, 4, 6, 7)  # positions of its Linear layers in `layers` (Dropouts between)
 
 
 def aesthetic_mlp(input_size: int = 768) -> nn.Sequential:
