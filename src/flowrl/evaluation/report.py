@@ -103,7 +103,15 @@ def protocol_settings(model, sampler):
     """Within the block the trained model samples at the protocol's resolution and guidance (a
     training run's model keeps its own outside: FLUX trains at 720 px, MixGRPO's evaluation is at
     1024 px). The tiny model has neither knob and is left as it is."""
-    saved = {k: getattr(model, k) for k in ("guidance_scale", "height", "width", "latent_h", "latent_w") if hasattr(model, k)}
+    keys = (
+        "guidance_scale",
+        "height",
+        "width",
+        "latent_h",
+        "latent_w",
+        "img_ids",
+    )  # img_ids: FLUX's RoPE positions of the latent grid
+    saved = {k: getattr(model, k) for k in keys if hasattr(model, k)}
     try:
         if sampler.guidance_scale is not None and "guidance_scale" in saved:
             model.guidance_scale = sampler.guidance_scale
@@ -111,6 +119,11 @@ def protocol_settings(model, sampler):
         if factor and "height" in saved:
             h, w = sampler.height or model.height, sampler.width or model.width
             model.height, model.width, model.latent_h, model.latent_w = h, w, h // factor, w // factor
+            if "img_ids" in saved:
+                from flowrl.models.diffusers_base import latent_image_ids
+
+                ids = saved["img_ids"]
+                model.img_ids = latent_image_ids(model.latent_h // 2, model.latent_w // 2).to(ids.device, ids.dtype)
         yield
     finally:
         for k, v in saved.items():
