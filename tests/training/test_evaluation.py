@@ -4,7 +4,7 @@ larger than the ones between, and every score gets a bootstrap 95% interval over
 import pytest
 import torch
 
-from flowrl.training.module import bootstrap_ci
+from flowrl.evaluation.stats import bootstrap_ci
 
 
 def test_bootstrap_ci_resamples_prompts_not_images():
@@ -51,8 +51,8 @@ def test_endpoint_evaluations_are_larger_and_logged_with_intervals(make_cfg, tmp
 def test_category_means_group_by_the_rewards_categories():
     # GenEval's report: accuracy per category, `overall` = their unweighted mean (GenEval's
     # evaluate_images.py summary), here from hand-picked scores of four held-out prompts
+    from flowrl.evaluation.stats import category_means
     from flowrl.rewards.geneval import GenEvalReward
-    from flowrl.training.module import category_means
 
     prompts = ["two red pillars", "a blue bar left of a red square", "a green bar right of a red square", "a white bar"]
     scores = torch.tensor([1.0, 0.0, 1.0, 1.0])

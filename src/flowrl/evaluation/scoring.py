@@ -9,7 +9,7 @@ every checkpoint evaluated by one protocol sees the same noise (the pairs of a p
 Images are scored chunk by chunk and dropped (only the grid's first rows are kept), so the
 memory does not grow with the number of prompts.
 
-Statistics, reused from the training run's evaluation (flowrl.training.module):
+Statistics, the training run's evaluation's own (flowrl.evaluation.stats):
 - per reward: the mean, and the percentile bootstrap 95% interval over prompts (`bootstrap_ci`);
 - per category, where the protocol has categories (a jsonl prompt file's, or a reward's own such
   as GenEval's verifier): `category_means` (each category's mean, their mean `overall` with its
@@ -85,7 +85,7 @@ def summarize(
     """One row per (reward, category): {'reward', 'category' ('all', a category, or 'overall': the
     mean over categories), 'n_prompts', 'mean', 'ci_low', 'ci_high'}; the intervals are bootstrap
     95% over prompts (stratified by category for 'overall')."""
-    from flowrl.training.module import bootstrap_ci, category_means
+    from flowrl.evaluation.stats import bootstrap_ci, category_means
 
     rows = [p for p in prompts for _ in range(per_prompt)]
     file_cats = None

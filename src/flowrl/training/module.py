@@ -26,6 +26,7 @@ import torch
 from flowrl.contract import RewardScores
 from flowrl.engine.rollout import Rollout, jump_log_prob, rollout
 from flowrl.engine.update import LossConfig, policy_update
+from flowrl.evaluation.stats import bootstrap_ci, category_means
 from flowrl.sampling.ode import generate
 from flowrl.training.ema import EMA
 from flowrl.training.metrics import iteration_metrics, log_metrics
@@ -54,12 +55,10 @@ class ValConfig:
     final_samples_per_prompt: int | None = None
     ci_resamples: int = 1000  # bootstrap resamples (over prompts) of each score's 95% interval
     max_prompts: int | None = None  # held-out prompts evaluated (the loader's subset, flowrl.training.build)
+    # a folder: the evaluation before training cached there (flowrl.training.eval_cache)
     before_cache: str | None = None
-    budget_fractions: tuple[float, ...] = (
-        0.25,
-        0.5,
-        0.75,
-    )  # with a budget: the evaluations between (flowrl.training.run_control)  # a folder: the evaluation before training cached there (flowrl.training.eval_cache)
+    # with a budget: the fractions of it with an evaluation between 0 and 100% (flowrl.training.run_control)
+    budget_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
 
     def samples(self, final: bool) -> int:
         return (self.final_samples_per_prompt or self.samples_per_prompt) if final else self.samples_per_prompt
@@ -433,41 +432,3 @@ class GRPOModule(L.LightningModule):
             self.log(f"val/reward/{name}", value, batch_size=n, prog_bar=name == next(iter(means)), logger=False)
         for key, value in self.last_categories.items():
             self.log(key, value, batch_size=n, logger=False)
-
-
-def category_means(
-    reward, name: str, scores: torch.Tensor, prompts: list[str], per_prompt: int = 1, resamples: int = 0, seed: int = 0
-) -> dict[str, float]:
-    """`val/category/<name>/<category>` for a reward that groups prompts by category (GenEval's
-    verifier), `.../overall`, GenEval's headline number: the mean over the categories present,
-    and with `resamples` its bootstrap 95% interval `val_ci/category/<name>/overall/low|high`
-    (prompts resampled within each category: `prompts` holds each prompt per_prompt times in a row)."""
-    if not hasattr(reward, "categories"):
-        return {}
-    from flowrl.rewards.geneval import summarize
-
-    cats = reward.categories(prompts)
-    rows = {c: [i for i, x in enumerate(cats) if x == c] for c in dict.fromkeys(cats)}
-    out = {f"val/category/{name}/{c}": v for c, v in summarize({c: scores[r] for c, r in rows.items()}).items()}
-    if resamples and rows:
-        g = torch.Generator().manual_seed(seed)
-        boot = torch.zeros(resamples)
-        for r in rows.values():  # [prompts of c, per_prompt] -> per-prompt means, resampled
-            per = scores[r].float().view(-1, per_prompt).mean(1)
-            boot += per[torch.randint(len(per), (resamples, len(per)), generator=g)].mean(1) / len(rows)
-        low, high = torch.quantile(boot, torch.tensor([0.025, 0.975])).tolist()
-        out |= {f"val_ci/category/{name}/overall/low": low, f"val_ci/category/{name}/overall/high": high}
-    return out
-
-
-def bootstrap_ci(scores: torch.Tensor, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of scores [prompts, samples], resampling prompts
-    (a prompt's samples share it, so they are not independent draws): the evaluation's own
-    sampling noise, for binary verifier scores as for continuous rewards."""
-    per_prompt = scores.float().mean(1)  # [P]
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(per_prompt), (resamples, len(per_prompt)), generator=g)
-    means = per_prompt[idx].mean(1)
-    tail = (1 - level) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail])).tolist()
-    return low, high
