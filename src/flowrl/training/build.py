@@ -57,14 +57,13 @@ def _identity(batch):
     return batch
 
 
-def prompt_loaders(data, cfg: DictConfig, iterations: int, start: int = 0):
-    """Train: the prompt batches of iterations start..iterations-1; val: the held-out prompts
-    (`held_out_prompts`) at once."""
+def prompt_loaders(data, cfg: DictConfig, iterations: int, val_prompts: list[str], start: int = 0):
+    """Train: the prompt batches of iterations start..iterations-1; val: the held-out prompts the
+    run evaluates (`held_out_prompts`) at once."""
     from torch.utils.data import DataLoader
 
     batches = PromptBatches(data.train, cfg.train.prompts_per_step, iterations, cfg.seed, start)
     train = DataLoader(batches, batch_size=None, collate_fn=_identity)
-    val_prompts = held_out_prompts(data.val, cfg.val.get("max_prompts"))
     val = DataLoader(val_prompts, batch_size=len(val_prompts), collate_fn=list)
     return train, val
 

@@ -8,10 +8,10 @@ others read it (a file lock makes a parallel run wait rather than compute it twi
 
 The key is a hash of what the numbers depend on: the weights evaluated (every tensor of the
 model's state dict), the held-out prompts in order, the val config (sizes, noise seed, steps,
-precision, bootstrap), the sampler shift, the model and eval-reward configs, and every file of the flowrl package (its code and shipped
-weights), so that a code change cannot serve stale numbers. Not covered: reward checkpoints outside
-the package changed in place (delete the folder then). Off by default (null); every sweep sets it
-(sweeps/_common.sh). One process only: under DDP a rank
+precision, bootstrap), the sampler shift, the model and eval-reward configs, and every file of the
+flowrl package (its code and shipped weights), so that a code change cannot serve stale numbers.
+Not covered: reward checkpoints outside the package changed in place (delete the folder then).
+Off by default (null); every sweep sets it (sweeps/_common.sh). One process only: under DDP a rank
 waiting on the lock would stall the others' collective, so several ranks evaluate as usual.
 """
 

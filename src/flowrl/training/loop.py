@@ -42,12 +42,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     stop = StopRequest()
     with task_wrapper(cfg, logger, module, stop):
         start_or_resume(cfg, logger, module, ckpt)
-        # the evaluations in the loop (the last one is the final one) on the held-out subset the before one uses (val.max_prompts)
-        trainer, control = make_trainer(cfg, logger, stop, held_out_prompts(list(data.val), cfg.val.get("max_prompts")))
+        # every evaluation (before, in the loop, after) on the same held-out prompts (all, or val.max_prompts of them)
+        val_prompts = held_out_prompts(list(data.val), cfg.val.get("max_prompts"))
+        trainer, control = make_trainer(cfg, logger, stop, val_prompts)
         iterations = run_length(cfg, control, trainer)
         if is_rank_zero():
             print(header(cfg, f"{iterations} iterations" + (f" (budget {control.budget})" if control.budget else "")))
-        train_loader, val_loader = prompt_loaders(data, cfg, iterations, start=module.iteration)
+        train_loader, val_loader = prompt_loaders(data, cfg, iterations, val_prompts, start=module.iteration)
         stop.install()  # SIGTERM / SIGINT: finish the iteration, checkpoint, end KILLED
         before = evaluate_before(cfg, logger, module, trainer, data, val_loader, resumed=ckpt is not None)
         if len(train_loader):
