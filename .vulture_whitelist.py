@@ -14,6 +14,7 @@ _._multiple_of_16
 _._adapter_dir
 _.min_std
 _.max_std
+_.budget_fractions  # val.budget_fractions: read as cfg.val (flowrl.training.loop.make_trainer), a field so that ValSchema and ValConfig accept it
 # Hydra targets (src/flowrl/config/conf/**.yaml)
 _.fsdp_strategy
 _.warmup_cosine
