@@ -76,7 +76,11 @@ def format_plan(plan, num_prompts: int = 1, iteration: int = 0, memory: dict | N
         f"  NFE per prompt         {b['nfe_per_prompt']}",
         f"  reward queries         {b['reward_queries_per_prompt']}",
         f"  backward passes        {b['trained_steps_per_prompt']}",
+        f"  training forwards      {b['training_forwards_per_prompt']} (with grad + the objective's views {list(plan.objective.views)})",
+        f"objective: {info['objective']}" + (f", policy copies {info['policies']}" if plan.policies else ""),
     ]
+    if plan.levels is not None:
+        lines.insert(2, f"sampler {plan.sampler} (deterministic, cfg_scale {plan.cfg_scale}), levels {plan.levels.to_dict()}")
     if memory is not None:
         parts = ", ".join(f"{k} {human_bytes(v)}" for k, v in memory["parts"].items())
         have = f" of this machine's {human_bytes(memory['machine_bytes'])} {memory['machine']}" if memory["machine_bytes"] else ""

@@ -42,9 +42,10 @@ class _Recorded:
     def __init__(self, model, plan, num_prompts: int, seed: int):
         gen = torch.Generator().manual_seed(seed)
         p, g = num_prompts, plan.group_size
-        if plan.trajectory == "sde":
+        if plan.trajectory in ("sde", "final"):  # "final": the level columns' re-noising noise after x_1
             self.x1 = model.initial_noise(p if plan.same_initial_noise else p * g, gen)
-            self.eps = torch.randn((plan.num_steps, p * g, *model.latent_shape), generator=gen)
+            draws = plan.num_steps if plan.trajectory == "sde" else plan.levels.count
+            self.eps = torch.randn((draws, p * g, *model.latent_shape), generator=gen)
         else:
             self.x1 = model.initial_noise(p, gen)
             self.eps = torch.randn((len(plan.branches), p * g, *model.latent_shape), generator=gen)
@@ -65,6 +66,9 @@ def _assert_same_rollout(a, b):
         assert torch.equal(ja.x, jb.x) and torch.equal(ja.x_next, jb.x_next) and torch.equal(ja.log_prob, jb.log_prob)
     assert a.parts.keys() == b.parts.keys() and all(torch.equal(a.parts[k], b.parts[k]) for k in a.parts)
     assert torch.equal(a.images, b.images)
+    for name in ("final", "level_noise"):  # "final" plans
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None and y is None) or torch.equal(x, y)
 
 
 @pytest.mark.parametrize("method", config_options("method"))
@@ -75,7 +79,9 @@ def test_default_noise_is_the_old_draw_order(model, method):
     old = rollout(model, plan, PROMPTS, _score, max_batch=4, noise=recorded)
     _assert_same_rollout(default, old)  # bit for bit
     # the recorded x_1 is what the rollout started from (the comparison is not vacuous)
-    x1 = default.jump_sets[0].x if plan.jumps[0].start == 0 else None
+    x1 = default.jump_sets[0].x if plan.jumps and plan.jumps[0].start == 0 else None
+    if plan.trajectory == "final":  # the kept re-noising noise is the recorded one, row-major
+        assert torch.equal(default.level_noise, recorded.eps.transpose(0, 1))
     if x1 is not None:
         want = (
             recorded.x1.repeat_interleave(plan.group_size, 0)

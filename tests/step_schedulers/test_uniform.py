@@ -159,6 +159,7 @@ def test_uniform_plan_budget_dancegrpo_defaults():
         "nfe_per_prompt": 192,
         "reward_queries_per_prompt": 12,
         "trained_steps_per_prompt": 108,
+        "training_forwards_per_prompt": 108,  # one with grad per term, no views (the KL forward is a run setting)
     }
     assert [(j.start, j.stop) for j in plan.jumps] == [(i, i + 1) for i in range(16)]
 

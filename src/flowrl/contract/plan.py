@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flowrl.contract.objectives import ClippedRatio, Objective, PolicyCopy
 from flowrl.sampling.steps import LOG_PROBS, SDEStepOutput, dance_sde_step, ode_step, sde_step
 
 STEP_KINDS = ("ode", "dance", "sde", "cps")
@@ -103,9 +104,71 @@ class Jump:
     start: int
     stop: int
     step: StepSettings = field(default_factory=StepSettings)
+    # multiplies this jump's policy term (after the advantage clamp, before the KL): TempFlow-GRPO's
+    # noise-aware weighting, GRPO-Guard's 1 / |dt| re-weighting; 1 for every other method
+    loss_weight: float = 1.0
+
+    def __post_init__(self):
+        if not self.loss_weight > 0:
+            raise ValueError(f"a jump's loss_weight must be > 0, got {self.loss_weight}")
 
     def to_dict(self) -> dict:
-        return {"start": self.start, "stop": self.stop, **self.step.to_dict()}
+        out = {"start": self.start, "stop": self.stop, **self.step.to_dict()}
+        if self.loss_weight != 1.0:
+            out["loss_weight"] = self.loss_weight
+        return out
+
+
+LEVEL_KINDS = ("permutation", "stratified")
+
+
+@dataclass(frozen=True)
+class LevelSchedule:
+    """"final" plans: the noise levels (sigma indices of plan.sigmas) each sample is re-noised at
+    for its `count` training terms, x_sigma = (1 - sigma) x0 + sigma eps.
+    "permutation": per sample the first `count` of a random permutation of 0..T-1 (DiffusionNFT);
+    "stratified": one index drawn uniformly from each stratum [bounds[k], bounds[k+1]) of the
+      sigma indices, one draw shared by each block of `share_rows` consecutive samples (AWM's
+      micro-batch). Seeded, frozen when the plan is built."""
+
+    kind: str
+    count: int
+    bounds: tuple[int, ...] = ()
+    share_rows: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in LEVEL_KINDS:
+            raise ValueError(f"level kind must be one of {LEVEL_KINDS}, got {self.kind!r}")
+        if self.count < 1 or self.share_rows < 1:
+            raise ValueError(f"levels need count >= 1 and share_rows >= 1, got {self.count}, {self.share_rows}")
+        if self.kind == "stratified" and (
+            len(self.bounds) != self.count + 1 or any(b >= c for b, c in zip(self.bounds, self.bounds[1:]))
+        ):
+            raise ValueError(f"stratified levels need count + 1 rising bounds, got {self.bounds} for count {self.count}")
+
+    def table(self, num_rows: int, num_steps: int) -> torch.Tensor:
+        """[num_rows, count] long sigma indices in 0..T-1."""
+        g = torch.Generator().manual_seed(self.seed)
+        if self.kind == "permutation":
+            if self.count > num_steps:
+                raise ValueError(f"{self.count} levels per sample from {num_steps} steps")
+            return torch.stack([torch.randperm(num_steps, generator=g)[: self.count] for _ in range(num_rows)])
+        if self.bounds[-1] > num_steps or self.bounds[0] < 0:
+            raise ValueError(f"level strata {self.bounds} outside the sigma indices 0..{num_steps - 1}")
+        lo, hi = torch.tensor(self.bounds[:-1]), torch.tensor(self.bounds[1:])
+        blocks = -(-num_rows // self.share_rows)
+        draws = lo + (torch.rand(blocks, self.count, generator=g) * (hi - lo)).long()  # [blocks, K]
+        return draws.repeat_interleave(self.share_rows, dim=0)[:num_rows]
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind, "count": self.count}
+        if self.kind == "stratified":
+            out |= {"bounds": list(self.bounds), "share_rows": self.share_rows}
+        return out
+
+
+SAMPLERS = ("euler", "dpm2")
 
 
 @dataclass(frozen=True)
@@ -128,6 +191,8 @@ class TermBlock:
 
 
 OptimizerStep = tuple[TermBlock, ...]
+
+TRAJECTORIES = ("sde", "anchor", "final")
 
 STEP_EVERY = ("jump", "samples", "rollout")
 
@@ -203,8 +268,10 @@ class StepPlan:
     method: str
     sigmas: tuple[float, ...]  # [T+1] the noise schedule, 1 -> 0
     group_size: int  # G
-    trajectory: str  # "sde": G stochastic trajectories per prompt | "anchor": ODE anchor + branches
-    jumps: tuple[Jump, ...]  # the stochastic jumps of one generation
+    # "sde": G stochastic trajectories per prompt | "anchor": ODE anchor + branches |
+    # "final": G deterministic generations of which only x0 and the reward are kept (forward process)
+    trajectory: str
+    jumps: tuple[Jump, ...]  # the stochastic jumps of one generation ("final": none)
     update: UpdateSchedule
     same_initial_noise: bool  # the G samples of a group start from the same x_1
     branches: tuple[Branch, ...] = ()  # "anchor" only
@@ -215,13 +282,44 @@ class StepPlan:
     # the last step, x_{T-1} - sigma_{T-1} * v ("last_x0", DanceGRPO).
     score: str = "final"
     note: str = ""  # how trained steps are chosen, in words
+    # what the update trains (flowrl.contract.objectives): the clipped ratio of the SDE family, or a
+    # forward-process objective on "final" plans
+    objective: Objective = field(default_factory=ClippedRatio)
+    # weight copies the trainer keeps and soft-updates after every iteration (the objective's views)
+    policies: tuple[PolicyCopy, ...] = ()
+    # "final" only: the sampler of the G generations (deterministic; "euler" ODE or DPM-Solver++(2M)
+    # "dpm2"), the noise levels of the training terms, and the CFG scale of both rollout and training
+    # (None = the model's; 1.0 = CFG off, for models that do CFG)
+    sampler: str = "euler"
+    levels: LevelSchedule | None = None
+    cfg_scale: float | None = None
 
     def __post_init__(self):
         t = self.num_steps
-        if self.trajectory not in ("sde", "anchor"):
-            raise ValueError(f"trajectory must be 'sde' or 'anchor', got {self.trajectory!r}")
+        if self.trajectory not in TRAJECTORIES:
+            raise ValueError(f"trajectory must be one of {TRAJECTORIES}, got {self.trajectory!r}")
         if self.score not in ("final", "last_x0"):
             raise ValueError(f"score must be 'final' or 'last_x0', got {self.score!r}")
+        names = [c.name for c in self.policies]
+        if len(set(names)) != len(names) or sum(c.samples for c in self.policies) > 1:
+            raise ValueError(f"policy copies need distinct names and at most one that samples, got {self.policies}")
+        missing = [v for v in self.objective.views if v != "reference" and v not in names]
+        if missing:
+            raise ValueError(f"the objective reads the policy copies {missing}, which the plan does not keep")
+        if self.trajectory == "final":
+            if self.jumps or self.branches or self.intermediate_completions or self.levels is None:
+                raise ValueError("a 'final' plan has no jumps, branches or intermediate completions, and needs levels")
+            if isinstance(self.objective, ClippedRatio):
+                raise ValueError("a 'final' plan keeps no log-probs: it needs a forward-process objective")
+            if self.sampler not in SAMPLERS:
+                raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+            if self.update.trained is None or any(not 0 <= k < self.levels.count for k in self.update.trained):
+                raise ValueError(f"a 'final' plan trains level columns 0..{self.levels.count - 1}, got {self.update.trained}")
+            if self.update.step_every == "samples" or self.update.drop_zero_advantage:
+                raise ValueError("a 'final' plan steps per rollout or per level, without the zero-advantage filter")
+            return
+        if not isinstance(self.objective, ClippedRatio):
+            raise ValueError(f"{self.trajectory!r} plans train the clipped ratio of their jumps")
         if not self.jumps:
             raise ValueError("a plan needs at least one stochastic jump")
         if self.trajectory == "sde":
@@ -264,16 +362,19 @@ class StepPlan:
         return ODE
 
     def jump_layout(self, j: int, num_prompts: int) -> tuple[int, int]:
-        """(M, K) of jump j's jump set: start states and successors per start state."""
-        if self.trajectory == "sde":
+        """(M, K) of jump j's jump set: start states and successors per start state ("final": the
+        one advantage column, a sample's)."""
+        if self.trajectory in ("sde", "final"):
             return num_prompts * self.group_size, 1
         return num_prompts, self.group_size
 
     def per_jump(self, adv: torch.Tensor) -> list[torch.Tensor]:
-        """Advantages [P, G, J] -> one [M_j, K_j] tensor per jump, the jump sets' layout."""
+        """Advantages [P, G, J] -> one [M_j, K_j] tensor per jump, the jump sets' layout ("final":
+        [P, G, 1] -> [[P*G, 1]], one advantage per sample for all its levels)."""
         p, g, n = adv.shape
-        if g != self.group_size or n != len(self.jumps):
-            raise ValueError(f"advantages must be [P, {self.group_size}, {len(self.jumps)}], got {tuple(adv.shape)}")
+        want = len(self.jumps) if self.trajectory != "final" else 1
+        if g != self.group_size or n != want:
+            raise ValueError(f"advantages must be [P, {self.group_size}, {want}], got {tuple(adv.shape)}")
         return [adv[:, :, j].reshape(self.jump_layout(j, p)) for j in range(n)]
 
     @property
@@ -286,10 +387,21 @@ class StepPlan:
         return ()
 
     # ---- the update ---------------------------------------------------------------------------
+    @property
+    def num_columns(self) -> int:
+        """The term columns an update block indexes (TermBlock.jump): the jumps, or a "final" plan's
+        level columns."""
+        return self.levels.count if self.trajectory == "final" else len(self.jumps)
+
+    def level_table(self, num_prompts: int) -> torch.Tensor:
+        """"final" plans: [P*G, levels.count] long, the sigma index of every (sample, level) term."""
+        return self.levels.table(num_prompts * self.group_size, self.num_steps)
+
     def trained_mask(self, num_prompts: int) -> torch.Tensor:
-        """[M, J] bool: which (start state, jump) transitions are trained this iteration."""
-        m = num_prompts * self.group_size if self.trajectory == "sde" else num_prompts
-        mask = torch.zeros(m, len(self.jumps), dtype=torch.bool)
+        """[M, J] bool: which (start state, jump) transitions are trained this iteration ("final":
+        [P*G, levels.count], which (sample, level column) terms)."""
+        m = num_prompts if self.trajectory == "anchor" else num_prompts * self.group_size
+        mask = torch.zeros(m, self.num_columns, dtype=torch.bool)
         u = self.update
         if u.trained is not None:
             mask[:, list(u.trained)] = True
@@ -311,7 +423,7 @@ class StepPlan:
             mask &= keep.view(-1, 1)
         m = mask.shape[0]
         u = self.update
-        jumps_in_order = list(u.trained) if u.trained is not None else list(range(len(self.jumps)))
+        jumps_in_order = list(u.trained) if u.trained is not None else list(range(self.num_columns))
         if u.step_every == "jump":
             steps = [(TermBlock(j, torch.nonzero(mask[:, j]).squeeze(1)),) for j in jumps_in_order]
             return [s for s in steps if s[0].rows.numel() or keep is not None]
@@ -359,6 +471,8 @@ class StepPlan:
     def nfe_per_generation(self) -> int:
         """Model evaluations behind one of the G samples, as the papers count them (anchor
         steps, shared by the group, not counted; a branch's jump counts 1)."""
+        if self.trajectory == "final":  # one evaluation per sampler step (CFG counts inside the model)
+            return self.num_steps
         if self.trajectory == "sde":
             return self.num_steps + sum(len(c) - 1 for c in self.intermediate_completions)
         return sum(1 + sum(len(c) - 1 for c in b.completions) for b in self.branches)
@@ -368,17 +482,24 @@ class StepPlan:
         return max((b.jump.start for b in self.branches), default=0)
 
     def budget(self) -> dict[str, int]:
-        """Per-prompt cost: NFE, reward-model queries, backward passes (= trained transitions)."""
+        """Per-prompt cost: NFE, reward-model queries, backward passes (= trained terms: a
+        (sample, jump) transition, or a "final" plan's (sample, level)) and the training forwards
+        (one with grad per term, plus one without per view the objective reads besides it; the
+        SDE family's KL reference forward, a run setting, is not in it)."""
         g = self.group_size
         if self.trajectory == "sde":
             rewards = g * (1 + len(self.intermediate_completions))
+        elif self.trajectory == "final":
+            rewards = g
         else:
             rewards = g * sum(len(b.completions) for b in self.branches)
+        terms = g * self.update.trained_per_sample
         return {
             "nfe_per_generation": self.nfe_per_generation(),
             "nfe_per_prompt": self.anchor_nfe() + g * self.nfe_per_generation(),
             "reward_queries_per_prompt": rewards,
-            "trained_steps_per_prompt": g * self.update.trained_per_sample,
+            "trained_steps_per_prompt": terms,
+            "training_forwards_per_prompt": terms * (1 + len(self.objective.views)),
         }
 
     def cost(
@@ -403,10 +524,18 @@ class StepPlan:
         weights and activations are not in it."""
         p, g, t = num_prompts, self.group_size, self.num_steps
         n = p * g
-        if self.trajectory == "sde":
+        if self.trajectory == "final":
+            # the state being sampled and a step's temporaries, x0, the re-noising noise [n, K]
+            latents = n + 3 * n + n + n * self.levels.count
+            log_probs, scored = 0, n
+        elif self.trajectory == "sde":
             lanes = 1 + len(self.intermediate_completions)
+            if self.objective.keeps_mean:  # mu_old of every trained jump (RatioNorm)
+                lanes_mean = len(self.jumps)
+            else:
+                lanes_mean = 0
             # latents [n, T+1], noise [T, n], the scored latents [n * lanes], v / mean / next of a step
-            latents = n * (t + 1) + t * n + n * lanes + 3 * n
+            latents = n * (t + 1) + t * n + n * lanes + 3 * n + n * lanes_mean
             log_probs, scored = n * t, n * lanes
         else:
             b, c = len(self.branches), len(self.branches[0].completions)
@@ -422,8 +551,9 @@ class StepPlan:
         }
 
     def trained_step_indices(self) -> list[int] | None:
-        """Sigma indices where the trained jumps start, or None when drawn per sample."""
-        if self.update.trained is None:
+        """Sigma indices where the trained jumps start, or None when drawn per sample (or per
+        sample's levels: "final" plans)."""
+        if self.update.trained is None or self.trajectory == "final":
             return None
         return [self.jumps[j].start for j in self.update.trained]
 
@@ -446,5 +576,8 @@ class StepPlan:
             "update": self.update.to_dict(),
             "prompts_per_iteration": num_prompts,
             "optimizer_steps_per_iteration": len(self.optimizer_steps(num_prompts)),
+            "objective": self.objective.to_dict(),
+            "policies": [c.to_dict() for c in self.policies],
+            **({"sampler": self.sampler, "levels": self.levels.to_dict(), "cfg_scale": self.cfg_scale} if self.levels else {}),
             **self.budget(),
         }

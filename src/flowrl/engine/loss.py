@@ -97,9 +97,12 @@ def grpo_loss(
     mean: torch.Tensor | None = None,
     ref_mean: torch.Tensor | None = None,
     std=None,
+    weight: torch.Tensor | float = 1.0,
 ) -> GRPOLossOutput:
-    """loss = mean(clipped_surrogate(r, clip(A), eps)) + kl_beta * mean(KL(mean || ref_mean)).
+    """loss = mean(w * clipped_surrogate(r, clip(A), eps)) + kl_beta * mean(KL(mean || ref_mean)).
 
+    weight [N] or a float (> 0): each term's policy weight (the plan's Jump.loss_weight), applied
+    after the advantage clamp and not to the KL, as GRPO-Guard's per-step re-weighting.
     log_prob, old_log_prob, advantages: [N]. Gradient flows only into log_prob (and mean):
     the advantages, the rollout's log-probs, the reference mean and the step's std are
     constants of the rollout, so they are detached here rather than trusted to be.
@@ -115,7 +118,7 @@ def grpo_loss(
     adv = clip_advantages(advantages.detach(), adv_clip)  # [N]
     old_log_prob = old_log_prob.detach().float()  # [N]
     ratio = policy_ratio(log_prob, old_log_prob)  # [N]
-    policy_loss = clipped_surrogate(ratio, adv, clip_eps).mean()  # []
+    policy_loss = (clipped_surrogate(ratio, adv, clip_eps) * weight).mean()  # []
 
     if kl_beta > 0:
         missing = [n for n, t in (("mean", mean), ("ref_mean", ref_mean), ("std", std)) if t is None]

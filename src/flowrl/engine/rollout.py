@@ -4,11 +4,14 @@ under the rollout policy). One code path for the tiny and the real models. The p
 engine reads: every jump carries its own step settings, so nothing calls back into the step
 scheduler.
 
-Two trajectory kinds (plan.trajectory):
+Three trajectory kinds (plan.trajectory):
   "sde"    G full stochastic trajectories per prompt (DanceGRPO, Flow-GRPO, DenseGRPO); with
            plan.intermediate_completions every intermediate latent is also ODE-completed and scored.
   "anchor" one ODE anchor trajectory per prompt; at each branch point the G samples leave the
            anchor with one SDE jump, then follow each completion schedule (E-GRPO, G²RPO).
+  "final"  G deterministic generations per prompt with the plan's sampler (Euler or DPM-Solver++(2M));
+           only the final samples x0, their rewards and the noise that re-noises them for the
+           update's levels are kept (DiffusionNFT, AWM).
 All deterministic completions of a rollout run together in one "wavefront": every forward
 takes up to `max_batch` rows, whatever sigma each row is at (the models take one sigma per row).
 
@@ -28,6 +31,7 @@ bench hands the engine the noise another sampler uses, to compare images element
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +58,8 @@ class JumpSet:
     embed_index: torch.Tensor  # [M] long: row of Rollout.embeds (the prompt)
     x_next: torch.Tensor  # [M, K, *latent] sampled states after the jump
     log_prob: torch.Tensor  # [M, K] fp32 log-prob of each successor under the rollout policy
+    # [M, K, *latent] the rollout's transition mean of each successor, when plan.objective.keeps_mean
+    mean: torch.Tensor | None = None
 
 
 @dataclass
@@ -69,6 +75,8 @@ class Rollout:
     images: torch.Tensor  # [n, 3, H, W] the first scored images (for sample grids)
     nfe: int  # model evaluations (rows x forwards) spent
     forwards: int  # model calls
+    final: torch.Tensor | None = None  # "final" plans: [P*G, *latent] the sampled x0
+    level_noise: torch.Tensor | None = None  # "final" plans: [P*G, K, *latent] the re-noising eps per level
 
     @property
     def num_prompts(self) -> int:
@@ -185,9 +193,25 @@ def rollout(
     Every random draw comes from `noise` (flowrl.engine.noise), by default GeneratorNoise(generator)."""
     prompts = list(prompts)
     noise = noise_source(noise, generator)
-    if plan.trajectory == "sde":
-        return _rollout_sde(model, plan, prompts, score_fn, noise, max_batch, keep_images)
-    return _rollout_anchor(model, plan, prompts, score_fn, noise, max_batch, keep_images)
+    run = {"sde": _rollout_sde, "anchor": _rollout_anchor, "final": _rollout_final}[plan.trajectory]
+    with cfg_scale(model, plan.cfg_scale):
+        return run(model, plan, prompts, score_fn, noise, max_batch, keep_images)
+
+
+@contextlib.contextmanager
+def cfg_scale(model, scale: float | None):
+    """Within the block a model that does classifier-free guidance (it has `do_cfg`: SD3.5) uses
+    `scale` (the plan's cfg_scale: 1.0 = CFG off, DiffusionNFT and AWM); None or a model without
+    CFG (FLUX's guidance is an embedding, the tiny model has none): unchanged."""
+    if scale is None or not hasattr(model, "do_cfg"):
+        yield
+        return
+    before = model.guidance_scale
+    model.guidance_scale = float(scale)
+    try:
+        yield
+    finally:
+        model.guidance_scale = before
 
 
 def _rollout_sde(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, max_batch, keep_images) -> Rollout:
@@ -205,6 +229,7 @@ def _rollout_sde(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, m
     log_probs = torch.zeros((n, t), dtype=torch.float32, device=x.device)
     latents[:, 0] = x
     eps = noise.steps(model, range(t), p, g)  # [T, n, *latent], drawn up front: chunking cannot change samples
+    means = {} if plan.objective.keeps_mean else None  # step i -> [n, *latent] transition mean
     jump_at = {j.start: idx for idx, j in enumerate(plan.jumps)}
     first = plan.first_step_rows(p)
     v = None
@@ -213,6 +238,8 @@ def _rollout_sde(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, m
         out = plan.step_at(i)(latents[:, i], v, sigmas[i], sigmas[i + 1], noise=eps[i])
         latents[:, i + 1] = out.prev_sample
         log_probs[:, i] = out.log_prob
+        if means is not None and i in jump_at:
+            means[i] = out.mean.unsqueeze(1)
     row_prompt = torch.arange(p).repeat_interleave(g)
     jump_sets = [
         JumpSet(
@@ -223,6 +250,7 @@ def _rollout_sde(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, m
             row_prompt,
             latents[:, j.stop].unsqueeze(1),
             log_probs[:, j.start : j.start + 1],
+            None if means is None else means[j.start],
         )
         for j in plan.jumps
     ]
@@ -312,6 +340,32 @@ def _rollout_anchor(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource
     )
     parts = {k: v.view(len(plan.branches), n_comp, p, g).permute(2, 3, 0, 1) for k, v in parts.items()}  # [P, G, B, C]
     return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
+
+
+def _rollout_final(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, max_batch, keep_images) -> Rollout:
+    """G deterministic generations per prompt with the plan's sampler (P*G*T NFE), the final
+    samples scored; keeps x0 and the re-noising noise of every (sample, level) term, drawn here
+    from the noise source (NoiseSource.steps with the level columns as starts)."""
+    from flowrl.sampling.dpm_solver import DPMSolver2
+
+    g, t, p = plan.group_size, plan.num_steps, len(prompts)
+    sigmas = plan.sigma_tensor()
+    counter = _Counter()
+    embeds = model.encode_prompts(prompts)
+    row_embeds = embeds.repeat_interleave(g)
+    x = initial_noise(model, p, g, plan.same_initial_noise, noise)
+    solver = DPMSolver2(sigmas) if plan.sampler == "dpm2" else None
+    for i in range(t):
+        v = _velocities(model, x, sigmas[i], row_embeds, max_batch, counter)
+        x = solver.step(x, v, i) if solver is not None else ode_step(x, v, sigmas[i], sigmas[i + 1])
+    level_noise = noise.steps(model, range(plan.levels.count), p, g).transpose(0, 1)  # [n, K, *latent]
+    row_prompt = torch.arange(p).repeat_interleave(g)
+    parts, images = ode_complete_and_score(
+        model, x.clone(), row_prompt, [(t,)], torch.zeros(x.shape[0], dtype=torch.long), sigmas, embeds,
+        prompts, score_fn, max_batch, counter, keep_images=keep_images,
+    )
+    parts = {k: v.view(p, g) for k, v in parts.items()}
+    return Rollout(prompts, g, embeds, sigmas, [], parts, images, counter.nfe, counter.forwards, x, level_noise)
 
 
 def jump_log_prob(model, rollout: Rollout, jump_set: JumpSet, rows: torch.Tensor):

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flowrl.contract.objectives import AdvantageWeightedMatching, ClippedRatio, NegativeAware
 from flowrl.engine.loss import grpo_loss
-from flowrl.engine.rollout import Rollout, chunks, jump_log_prob
+from flowrl.engine.objectives import advantage_weighted_terms, negative_aware_terms, ratio_norm_log_ratio
+from flowrl.engine.rollout import Rollout, cfg_scale, chunks, jump_log_prob
 
 KL_FORMS = ("official", "transition")
 
@@ -74,6 +76,7 @@ def policy_update(
     max_batch: int = 64,
     backward: Callable[[torch.Tensor], None] | None = None,
     reference_mean: Callable | None = None,
+    views: Callable | None = None,
 ) -> UpdateStats:
     """Train the plan's jumps of one rollout. `advantages`: one [M_j, K_j] tensor per jump (the
     step scheduler's output, in the jump sets' layout). `step_fn(None)` clips and applies the
@@ -82,7 +85,12 @@ def policy_update(
     `step_fn("empty")`: this step had no term (it returns None if it stepped anyway: other ranks).
     `backward(loss)` defaults to loss.backward() (Lightning passes manual_backward).
     `reference_mean(rollout, jump_set, rows)` gives the reference policy's transition mean for the KL term
-    (needed when loss.kl_beta > 0)."""
+    (needed when loss.kl_beta > 0). The objective is the plan's (`plan.objective`): the clipped
+    ratio here, a forward-process objective in `_forward_process_update`, which reads the no-grad
+    velocities `views(name, x, sigma, embeds)` of the objective's views (the reference, the plan's
+    policy copies)."""
+    if not isinstance(plan.objective, ClippedRatio):
+        return _forward_process_update(model, plan, rollout, advantages, step_fn, max_batch, backward, views)
     _check_inputs(rollout, advantages, loss, reference_mean)
     backward = backward or torch.Tensor.backward
     keep = _kept_rows(plan, advantages)  # [M] bool per start state, or None: every term counts
@@ -102,7 +110,7 @@ def policy_update(
                 kept = _kept(keep, rows).repeat_interleave(k_of[block.jump])  # [rows * K]
                 if bad is not None or not kept.any():
                     continue
-                res, bad = _chunk_loss(model, rollout, js, rows, kept, adv, loss, reference_mean)
+                res, bad = _chunk_loss(model, plan, rollout, js, rows, kept, adv, loss, reference_mean)
                 if bad is not None:
                     continue
                 n = int(kept.sum())
@@ -133,13 +141,17 @@ def _check_inputs(rollout: Rollout, advantages: list[torch.Tensor], loss: LossCo
         raise ValueError("kl_beta > 0 needs reference_mean")
 
 
-def _chunk_loss(model, rollout: Rollout, js, rows: torch.Tensor, kept: torch.Tensor, adv, loss: LossConfig, reference_mean):
+def _chunk_loss(model, plan, rollout: Rollout, js, rows: torch.Tensor, kept: torch.Tensor, adv, loss: LossConfig, reference_mean):
     """(GRPO loss of one chunk's kept terms, None), or (None, cause) for a non-finite log-prob or
     loss. The whole chunk goes through the forward: the rollout's batch, so the ratio is 1."""
     idx = rows.to(js.log_prob.device)
     out = jump_log_prob(model, rollout, js, rows)
     if not torch.isfinite(out.log_prob).all():
         return None, "log_prob"
+    new_lp, old_lp = out.log_prob[kept], js.log_prob[idx].flatten()[kept]
+    if plan.objective.ratio == "ratio_norm":  # GRPO-Guard: exp(rho) with rho = mean_d(eps * delta)
+        new_lp = ratio_norm_log_ratio(new_lp, old_lp, out.mean[kept], js.mean[idx].flatten(0, 1)[kept], _per_term(out.std, kept))
+        old_lp = torch.zeros_like(new_lp)
     kl = {}
     if loss.kl_beta > 0:
         ref = reference_mean(rollout, js, rows)
@@ -148,12 +160,13 @@ def _chunk_loss(model, rollout: Rollout, js, rows: torch.Tensor, kept: torch.Ten
             scale = scale[kept]
         kl = {"mean": out.mean[kept], "ref_mean": ref[kept], "std": scale}
     res = grpo_loss(
-        out.log_prob[kept],
-        js.log_prob[idx].flatten()[kept],
+        new_lp,
+        old_lp,
         adv[idx].flatten()[kept],
         loss.clip_eps,
         adv_clip=loss.adv_clip,
         kl_beta=loss.kl_beta,
+        weight=plan.jumps[_jump_index(plan, js)].loss_weight,
         **kl,
     )
     if not torch.isfinite(res.loss):
@@ -173,3 +186,87 @@ def _kept_rows(plan, advantages: list[torch.Tensor]) -> torch.Tensor | None:
 
 def _kept(keep: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
     return torch.ones(rows.numel(), dtype=torch.bool) if keep is None else keep[rows.cpu()]
+
+
+def _per_term(t: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """A step output's broadcastable per-row value (std) -> the kept terms' ([N]), or the scalar."""
+    if t.numel() == 1:
+        return t.reshape(())
+    return t.reshape(t.shape[0], -1)[:, 0][kept]
+
+
+def _jump_index(plan, js) -> int:
+    for j, jump in enumerate(plan.jumps):
+        if (jump.start, jump.stop) == (js.start, js.stop):
+            return j
+    raise ValueError(f"jump set {js.start}->{js.stop} is not a jump of the plan")
+
+
+# ---- the forward-process family ("final" plans) --------------------------------------------------
+
+def _terms(objective, v, views_out: dict, x_t, x0, noise, sigma, adv):
+    """The objective's [N] terms of one chunk, dispatched on the objective's type."""
+    if isinstance(objective, NegativeAware):
+        return negative_aware_terms(
+            v, views_out[objective.old], x_t, x0, sigma, adv, objective.beta, objective.adv_clip,
+            objective.kl_beta, views_out.get("reference"),
+        )
+    if isinstance(objective, AdvantageWeightedMatching):
+        return advantage_weighted_terms(
+            v, noise, x0, sigma, adv, objective.adv_scale, objective.power, objective.kl_ref_beta,
+            views_out.get("reference"), objective.kl_ema_beta, views_out.get(objective.ema),
+        )
+    raise TypeError(f"no forward-process terms for objective {type(objective).__name__}")
+
+
+def _forward_process_update(model, plan, rollout: Rollout, advantages, step_fn, max_batch, backward, views) -> UpdateStats:
+    """The (sample, level) terms of a "final" plan: each sample's x0 re-noised at its levels'
+    sigmas with the rollout's noise, x_sigma = (1 - sigma) x0 + sigma eps; one forward with grad
+    per term, the objective's views without; every optimizer step the mean of its terms."""
+    objective = plan.objective
+    if rollout.final is None or rollout.level_noise is None:
+        raise ValueError("a forward-process update needs the rollout's final samples and level noise ('final' plans)")
+    if objective.views and views is None:
+        raise ValueError(f"objective {type(objective).__name__} reads the views {objective.views}: give policy_update views=")
+    if len(advantages) != 1 or advantages[0].shape != (rollout.final.shape[0], 1):
+        raise ValueError(f"a 'final' plan takes one advantage per sample, [{rollout.final.shape[0]}, 1]")
+    device = rollout.final.device
+    adv = advantages[0].flatten().to(device)  # [P*G], clamped by the step scheduler
+    levels = plan.level_table(rollout.num_prompts)  # [P*G, K] sigma indices
+    row_prompt = torch.arange(rollout.num_prompts).repeat_interleave(rollout.group_size)
+    stats = UpdateStats()
+    with cfg_scale(model, plan.cfg_scale):
+        for step in plan.optimizer_steps(rollout.num_prompts):
+            n_terms = sum(b.rows.numel() for b in step)
+            bad = None
+            for block in step:  # block.jump: the level column
+                for sl in chunks(block.rows.numel(), max_batch):
+                    if bad is not None:
+                        break
+                    rows = block.rows[sl]
+                    idx = rows.to(device)
+                    sigma = rollout.sigmas[levels[rows, block.jump]].to(device)  # [N]
+                    x0, noise = rollout.final[idx].float(), rollout.level_noise[idx, block.jump].float()
+                    s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+                    x_t = ((1 - s) * x0 + s * noise).to(rollout.final.dtype)
+                    embeds = rollout.embeds[row_prompt[rows]]
+                    # the views first: a view may swap other weights into the model (a policy copy),
+                    # which must not happen between the forward with grad and its backward
+                    with torch.no_grad():
+                        seen = {name: views(name, x_t, sigma.to(x_t), embeds) for name in objective.views}
+                    v = model.velocity(x_t, sigma.to(x_t), embeds)
+                    res = _terms(objective, v, seen, x_t, x0, noise, sigma, adv[idx])
+                    if not torch.isfinite(res.loss).all():
+                        bad = "loss"
+                        break
+                    backward(res.loss.sum() / n_terms)
+                    stats.metrics.append(res.metrics())
+                    stats.rows += rows.numel()
+            cause = step_fn(bad if bad is not None else "empty" if n_terms == 0 else None)
+            if cause is None:
+                stats.optimizer_steps += 1
+            elif cause != "empty":
+                stats.skipped.append(cause)
+            stats.terms += n_terms
+    return stats
+

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 
 from flowrl.contract import Jump, StepPlan, StepSettings, UpdateSchedule, check_rewards
+from flowrl.contract.objectives import PolicyCopy
+from flowrl.contract.plan import LevelSchedule
 from flowrl.step_schedulers.base import StepScheduler
 
 SELECTIONS = ("random_per_sample", "first")
@@ -50,6 +52,31 @@ def check_granularities(granularities) -> list[int]:
     if not out or min(out) < 1 or len(set(out)) != len(out):
         raise ValueError(f"granularities must be distinct integers >= 1, got {out}")
     return out
+
+
+def final_advantages(
+    rewards: torch.Tensor, prompts: list[str] | None, group_by: str, global_std: bool, unbiased: bool, eps: float
+) -> torch.Tensor:
+    """rewards [P, G] -> advantages [P, G]: normalised within each group ('group'), or over
+    every sample of the same prompt string in the batch ('prompt', Flow-GRPO's per-prompt
+    stat tracking, which pools groups whose prompts repeat). global_std: divide by the std of
+    every reward of the rollout instead of the group's (flow_grpo's `global_std`, on in all
+    its SD3 configs; DiffusionNFT and AWM keep it), the mean staying per group / prompt."""
+    r = rewards.float()
+    if group_by == "prompt" and prompts is not None:
+        if len(prompts) != r.shape[0]:
+            raise ValueError(f"{r.shape[0]} groups but {len(prompts)} prompts")
+        keys = list(dict.fromkeys(prompts))
+        member = torch.tensor([keys.index(p) for p in prompts])  # [P] -> pooled prompt id
+    else:
+        member = torch.arange(r.shape[0])
+    mean = torch.stack([r[member == i].mean() for i in range(int(member.max()) + 1)])[member].unsqueeze(1)
+    if global_std:
+        std = r.std(unbiased=unbiased)
+    else:
+        std = torch.stack([r[member == i].std(unbiased=unbiased) for i in range(int(member.max()) + 1)])
+        std = std[member].unsqueeze(1)
+    return (r - mean) / (std + eps)
 
 
 class SDETrajectories(StepScheduler):
@@ -144,29 +171,102 @@ class SDETrajectories(StepScheduler):
         )
 
     def final_advantages(self, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        """rewards [P, G] -> advantages [P, G]: normalised within each group ('group'), or over
-        every sample of the same prompt string in the batch ('prompt', Flow-GRPO's per-prompt
-        stat tracking, which pools groups whose prompts repeat). global_std: divide by the std of
-        every reward of the rollout instead of the group's (flow_grpo's `global_std`, on in all
-        its SD3 configs), the mean staying per group / prompt."""
-        r = rewards.float()
-        if self.group_by == "prompt" and prompts is not None:
-            if len(prompts) != r.shape[0]:
-                raise ValueError(f"{r.shape[0]} groups but {len(prompts)} prompts")
-            keys = list(dict.fromkeys(prompts))
-            member = torch.tensor([keys.index(p) for p in prompts])  # [P] -> pooled prompt id
-        else:
-            member = torch.arange(r.shape[0])
-        mean = torch.stack([r[member == i].mean() for i in range(int(member.max()) + 1)])[member].unsqueeze(1)
-        if self.global_std:
-            std = r.std(unbiased=self.std_unbiased)
-        else:
-            std = torch.stack([r[member == i].std(unbiased=self.std_unbiased) for i in range(int(member.max()) + 1)])
-            std = std[member].unsqueeze(1)
-        return (r - mean) / (std + self.std_eps)
+        return final_advantages(rewards, prompts, self.group_by, self.global_std, self.std_unbiased, self.std_eps)
 
     def normalize(self, rewards: torch.Tensor, plan: StepPlan, prompts: list[str] | None = None) -> torch.Tensor:
         """The final image's advantage, shared by every jump of its trajectory: [P, G] -> [P, G, J]."""
         check_rewards(rewards, plan)
         adv = self.final_advantages(rewards, prompts)
         return adv.unsqueeze(-1).expand(*adv.shape, len(plan.jumps))
+
+
+class FinalSamples(StepScheduler):
+    """The forward-process family's machinery (DiffusionNFT, AWM configure it; not a variant):
+    G deterministic generations per prompt with `sampler`, only x0 and the reward kept; the update
+    re-noises each sample at `levels` sigma indices and trains the subclass's `objective()`,
+    reading its policy copies `policies()`. Advantages: per-prompt mean over the global population
+    std + 1e-4 (flow_grpo's stat tracker, which both official codes import), one per sample."""
+
+    name = "final_samples"
+
+    def __init__(
+        self,
+        num_steps: int,
+        group_size: int,
+        levels: dict,
+        sampler: str = "euler",
+        cfg_scale: float | None = 1.0,
+        shift: float = 3.0,
+        sigma_grid: str = "flow_match_euler",
+        same_initial_noise: bool = False,
+        group_by: str = "prompt",
+        global_std: bool = True,
+        std_unbiased: bool = False,
+        std_eps: float = 1e-4,
+        update: dict | None = None,
+        adv_clip: float = 5.0,
+        method: str | None = None,
+        multi_reward: str = "combined",
+    ):
+        super().__init__(num_steps, group_size, shift, adv_clip, multi_reward, std_unbiased, std_eps, method, sigma_grid)
+        if group_by not in ("group", "prompt"):
+            raise ValueError(f"group_by must be 'group' or 'prompt', got {group_by!r}")
+        self.levels_cfg = dict(levels)
+        self.sampler = sampler
+        self.cfg_scale = cfg_scale
+        self.same_initial_noise = bool(same_initial_noise)
+        self.group_by, self.global_std = group_by, bool(global_std)
+        self.update_cfg = dict(update or {"step_every": "rollout"})
+        self.level_schedule(0)  # validate now, not at the first rollout
+
+    def level_schedule(self, seed: int) -> LevelSchedule:
+        """The levels block as a LevelSchedule, sized from the schedule as the official codes do:
+        {kind: permutation, fraction}: count = int(T * fraction) (DiffusionNFT's timestep_fraction);
+        {kind: stratified, count, lo, fraction, share_rows}: bounds = int(linspace(lo, int(T * fraction),
+        count + 1)) over the sigma indices (AWM's time_type "discrete_wo_init" with lo 1, "discrete" lo 0)."""
+        cfg = dict(self.levels_cfg)
+        kind, fraction = cfg.pop("kind"), float(cfg.pop("fraction"))
+        count = int(cfg.pop("count")) if kind == "stratified" else max(1, int(self.num_steps * fraction))
+        if kind == "stratified":
+            lo, hi = int(cfg.pop("lo")), int(self.num_steps * fraction)
+            if hi - lo < count:
+                raise ValueError(f"{count} level strata need int(T * fraction) - lo >= {count}, got {hi} - {lo} at T {self.num_steps}")
+            bounds = tuple(int(b) for b in torch.linspace(lo, hi, count + 1).tolist())
+            out = LevelSchedule(kind, count, bounds, int(cfg.pop("share_rows", 1)), seed)
+        else:
+            out = LevelSchedule(kind, count, seed=seed)
+        if cfg:
+            raise ValueError(f"unknown levels keys {sorted(cfg)}")
+        out.table(1, self.num_steps)  # the levels fit the schedule
+        return out
+
+    def objective(self):
+        raise NotImplementedError
+
+    def policies(self) -> tuple[PolicyCopy, ...]:
+        return ()
+
+    def plan(self, iteration: int = 0, generator: torch.Generator | None = None) -> StepPlan:
+        seed = self.seed_from(generator)
+        levels = self.level_schedule(seed)
+        return StepPlan(
+            method=self.method,
+            sigmas=self.sigmas,
+            group_size=self.group_size,
+            trajectory="final",
+            jumps=(),
+            update=update_schedule(self.update_cfg, trained=range(levels.count), seed=seed),
+            same_initial_noise=self.same_initial_noise,
+            note=f"every sample at {levels.count} noise levels ({levels.kind})",
+            objective=self.objective(),
+            policies=self.policies(),
+            sampler=self.sampler,
+            levels=levels,
+            cfg_scale=self.cfg_scale,
+        )
+
+    def normalize(self, rewards: torch.Tensor, plan: StepPlan, prompts: list[str] | None = None) -> torch.Tensor:
+        """rewards [P, G] -> advantages [P, G, 1]: one per sample, for all its levels."""
+        check_rewards(rewards, plan)
+        adv = final_advantages(rewards, prompts, self.group_by, self.global_std, self.std_unbiased, self.std_eps)
+        return adv.unsqueeze(-1)

@@ -4,6 +4,7 @@ What the next iteration depends on, each in a format that loads without unpickli
   trainable.safetensors   the trained weights (the LoRA, or the full transformer), by name
   optimizer.pt            the optimizer's state_dict (tensors and numbers: torch.load weights_only=True)
   ema.safetensors         the EMA's averaged weights (when method.ema.decay > 0)
+  policies.safetensors    the plan's policy copies (when its objective keeps any)
   rng.safetensors         the module's rollout generator and torch's global generator states
   state.json              iterations / optimizer steps / budget spent, the step scheduler's
                           state_dict (e.g. a calibrated noise table, a moving window), python's and
@@ -195,6 +196,8 @@ def save_checkpoint(
         torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         if module.ema is not None:
             save_file({str(i): s.contiguous() for i, s in enumerate(module.ema.shadow)}, str(tmp / "ema.safetensors"))
+        if getattr(module, "copies", None) is not None and module.copies.shadow:  # the plan's policy copies (DiffusionNFT's old policy, AWM's KL EMA)
+            save_file(module.copies.state_dict(), str(tmp / "policies.safetensors"))
         save_file(
             {"module_generator": module.generator.get_state(), "torch": torch.get_rng_state()},
             str(tmp / "rng.safetensors"),
@@ -247,6 +250,8 @@ def restore_module(module, ckpt: Checkpoint) -> None:
     if module.ema is not None:
         shadow = load_file(str(ckpt.path / "ema.safetensors"))
         module.ema.shadow = [shadow[str(i)].to(s.device) for i, s in enumerate(module.ema.shadow)]
+    if (ckpt.path / "policies.safetensors").exists():
+        module.copies.load_state_dict(load_file(str(ckpt.path / "policies.safetensors")))
     rng = load_file(str(ckpt.path / "rng.safetensors"))
     module.generator.set_state(rng["module_generator"])
     torch.set_rng_state(rng["torch"])

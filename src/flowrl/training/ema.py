@@ -11,7 +11,7 @@ trainable parameters (the LoRA weights only, with an adapter).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -40,19 +40,66 @@ class EMA:
         for s, p in zip(self.shadow, self.params, strict=True):
             s.lerp_(p.detach().float(), 1 - d)
 
-    @contextmanager
     def swapped_in(self):
         """Within the block the parameters hold the averaged weights; restored after."""
-        backup = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for s, p in zip(self.shadow, self.params, strict=True):
-                p.copy_(s.to(p.dtype))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for b, p in zip(backup, self.params, strict=True):
-                    p.copy_(b)
+        return swapped(self.params, self.shadow)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "every": self.every, "warmup": self.warmup, "shadow": self.shadow}
+
+
+@contextmanager
+def swapped(params: list[torch.nn.Parameter], values: list[torch.Tensor]):
+    """Within the block `params` hold `values` (cast to their dtype); their own values restored after."""
+    backup = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for v, p in zip(values, params, strict=True):
+            p.copy_(v.to(p.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, p in zip(backup, params, strict=True):
+                p.copy_(b)
+
+
+class PolicyCopies:
+    """The weight copies a plan's objective reads (plan.policies: DiffusionNFT's old policy, AWM's
+    KL EMA), kept beside the trained weights. A copy starts equal to the weights the first plan
+    that names it sees (theta_0) and after every iteration's optimizer steps moves to
+    d * copy + (1 - d) * theta with d = PolicyCopy.decay(optimizer steps so far), as the official
+    scripts soft-update once per epoch. One fp32 copy of the trainable parameters each."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = list(params)
+        self.shadow: dict[str, list[torch.Tensor]] = {}
+
+    def ensure(self, plan) -> None:
+        for c in plan.policies:
+            if c.name not in self.shadow:
+                self.shadow[c.name] = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def after_iteration(self, plan, optimizer_steps: int) -> None:
+        for c in plan.policies:
+            d = c.decay(optimizer_steps)
+            for s, p in zip(self.shadow[c.name], self.params, strict=True):
+                s.mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    def swapped_in(self, name: str):
+        if name not in self.shadow:
+            raise KeyError(f"no policy copy {name!r} (kept: {sorted(self.shadow)})")
+        return swapped(self.params, self.shadow[name])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{i}": s.contiguous() for name, shadow in self.shadow.items() for i, s in enumerate(shadow)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        names = {k.rsplit(".", 1)[0] for k in state}
+        self.shadow = {n: [state[f"{n}.{i}"].to(p.device) for i, p in enumerate(self.params)] for n in names}
+
+    def sampling(self, plan):
+        """The block runs under the copy the plan samples with (DiffusionNFT: the old policy), else as is."""
+        self.ensure(plan)
+        name = next((c.name for c in plan.policies if c.samples), None)
+        return self.swapped_in(name) if name is not None else nullcontext()

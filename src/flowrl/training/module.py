@@ -28,7 +28,7 @@ from flowrl.engine.rollout import Rollout, jump_log_prob, rollout
 from flowrl.engine.update import LossConfig, policy_update
 from flowrl.evaluation.stats import bootstrap_ci, category_means
 from flowrl.sampling.ode import generate
-from flowrl.training.ema import EMA
+from flowrl.training.ema import EMA, PolicyCopies
 from flowrl.training.metrics import iteration_metrics, log_metrics
 from flowrl.utils.seeds import mix_seed
 
@@ -115,13 +115,17 @@ class GRPOModule(L.LightningModule):
         self._manual_allreduce = False  # DDP: gradients averaged in _optimizer_step (see _no_backward_sync)
         # Reference policy for the KL term: the adapter disabled (LoRA), or a frozen copy of the
         # initial weights (full fine-tune; cheap for the tiny model, a second copy for real ones).
-        needs_copy = self.loss_cfg.kl_beta > 0 and not getattr(model, "has_adapter", False)
+        # The plan's objective may read it too (DiffusionNFT's and AWM's KL): the first plan says.
+        first_plan = step_scheduler.plan(0, torch.Generator().manual_seed(0))
+        needs_ref = self.loss_cfg.kl_beta > 0 or "reference" in first_plan.objective.views
+        needs_copy = needs_ref and not getattr(model, "has_adapter", False)
         self.ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_copy else None
         self.model.requires_grad_(False)
         for p in self._trainable(model):  # LoRA weights when an adapter is on, else the transformer
             p.requires_grad_(True)
         self.reward.requires_grad_(False)
         self.eval_rewards.requires_grad_(False)
+        self.copies = PolicyCopies(self._trainable(model))  # the plans' policy copies, made when first named
         o = self.optim
         self.ema = EMA(self._trainable(model), o.ema_decay, o.ema_every, o.ema_warmup) if o.ema_decay > 0 else None
 
@@ -206,7 +210,8 @@ class GRPOModule(L.LightningModule):
     def rollout(self, prompts: list[str], plan) -> tuple[Rollout, RewardScores]:
         """Sample `plan` under the current policy (no grad) and score every image it asks for."""
         self.model.eval()
-        ro = rollout(self.model, plan, list(prompts), self.score, self.generator, self.max_batch)
+        with self.copies.sampling(plan):  # the copy the plan samples with (DiffusionNFT: the old policy)
+            ro = rollout(self.model, plan, list(prompts), self.score, self.generator, self.max_batch)
         combine = getattr(self.reward, "combine", None)
         total = combine(ro.parts) if combine is not None else ro.parts[self.reward.name]
         weights = dict(getattr(self.reward, "weights", {self.reward.name: 1.0}))
@@ -225,6 +230,7 @@ class GRPOModule(L.LightningModule):
         adv = self.step_scheduler.advantages(scores, plan, prompts)
         # 4. the policy update: the plan's trained jumps, its optimizer steps
         stats = self.update_policy(plan, ro, scores, adv, len(prompts))
+        self.copies.after_iteration(plan, self.optimizer_steps_done)  # the plan's soft-updated copies
         # 5. what it cost, then the metrics (namespaced) at step = iterations completed
         budget = plan.budget()
         world = self.trainer.world_size if self._trainer is not None else 1  # every rank spends its own
@@ -267,6 +273,7 @@ class GRPOModule(L.LightningModule):
                     max_batch=self.max_batch,
                     backward=self.manual_backward,
                     reference_mean=self._ref_mean if self.loss_cfg.kl_beta > 0 else None,
+                    views=self._view,
                 )
         # an iteration with a skipped update counts toward train.max_consecutive_skips
         self.consecutive_skips = self.consecutive_skips + 1 if self.skipped_updates > skips_before else 0
@@ -365,6 +372,18 @@ class GRPOModule(L.LightningModule):
             return jump_log_prob(self.ref_model, ro, js, rows).mean
         with self.model.reference_policy():
             return jump_log_prob(self.model, ro, js, rows).mean
+
+    @torch.no_grad()
+    def _view(self, name: str, x: torch.Tensor, sigma: torch.Tensor, embeds) -> torch.Tensor:
+        """A no-grad velocity of a forward-process objective's view: "reference" (the adapter
+        disabled, or the frozen copy) or one of the plan's policy copies."""
+        if name != "reference":
+            with self.copies.swapped_in(name):
+                return self.model.velocity(x, sigma, embeds)
+        if self.ref_model is not None:
+            return self.ref_model.velocity(x, sigma, embeds)
+        with self.model.reference_policy():
+            return self.model.velocity(x, sigma, embeds)
 
     def evaluated_weights(self):
         """The weights evaluation and the saved model use: the EMA when on, else the live ones."""
