@@ -12,7 +12,7 @@ import pytest
 PY = sys.executable
 
 BAD = [
-    (["method=no_such_method"], "method=no_such_method: unknown method (known: dancegrpo"),
+    (["method=no_such_method"], "method=no_such_method: unknown method (known: awm, "),
     (["reward=no_such_reward"], "reward=no_such_reward: unknown reward"),
     (["model=no_such_model"], "model=no_such_model: unknown model"),
     (["method.tau=-1"], "method.tau=-1: must be >= 0"),

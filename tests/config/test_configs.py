@@ -44,6 +44,10 @@ def test_every_group_option_composes(make_cfg, rel):
 # one emulated GPU where the method accumulates per GPU), worked from conf/method/<m>.yaml and the
 # official scripts its comments name.
 METHOD_OPTIMIZER_STEPS = {
+    # train_sd3_awm.py: gradient_accumulation_steps = train.num_batches_per_epoch: one step per epoch
+    "awm": 1,
+    # train_nft_sd3.py: gradient_step_per_epoch 1 (config/nft.py sd3_geneval)
+    "diffusionnft": 1,
     # finetune_flux_grpo.sh: 1 prompt x G 12 per GPU, a step every gradient_accumulation_steps 4
     # samples; the GPUs step together: 12 / 4 = 3
     "dancegrpo": 3,
@@ -240,6 +244,8 @@ def test_method_configs_carry_the_official_values(make_cfg):
 # SD3 pipeline's FlowMatchEulerDiscreteScheduler (yifan123/flow_grpo sd3_pipeline_with_logprob.py@ac4c86e;
 # DenseGRPO builds on it). A new method: name its grid here.
 METHOD_SIGMA_GRIDS = {
+    "awm": "flow_match_euler",  # train_sd3_awm.py: the SD3 pipeline's scheduler
+    "diffusionnft": "flow_match_euler",  # train_nft_sd3.py: the SD3 pipeline's scheduler
     "dancegrpo": "shifted_linspace",
     "mixgrpo": "shifted_linspace",
     "egrpo": "shifted_linspace",
