@@ -73,6 +73,8 @@ EXPERIMENT_OPTIMIZER_STEPS = {
     "flowgrpo_sd35_pickscore": 2,  # gradient_accumulation_steps = num_batches_per_epoch // 2: two per epoch
     "g2rpo_flux_hps": 8,  # one per SDE step (8)
     "shapes_world": 8,  # the default method, E-GRPO: one per branch point (8)
+    "toy_awm": 1,
+    "toy_diffusionnft": 1,
     "toy_dancegrpo": 3,  # 17 prompts = 17 emulated GPUs, each 12 / 4 = 3, stepping together
     "toy_densegrpo": 1,
     "toy_egrpo": 8,
