@@ -19,6 +19,8 @@ Layouts (P prompts, G samples per group, J = len(plan.jumps)), prompt-major thro
     "anchor" trajectories: [P, G, B, C] (branch, completion schedule)
   the engine's jump sets: jump j has M_j start states with K_j successors each:
     "sde": M = P*G (sample p*G+g), K = 1;  "anchor": M = P (the prompt's anchor state), K = G
+    "tree": one jump per step j, M_j = P*n_j (the tree's n_j nodes before step j, prompt-major,
+      depth-first order), K_j = 2 at a split step else 1; the G leaves are the group (BranchGRPO)
   advantages: one tensor per jump, [M_j, K_j] (the jump set's own layout)
 """
 
@@ -188,13 +190,19 @@ class TermBlock:
 
     jump: int  # index into plan.jumps
     rows: torch.Tensor  # [R] long, sorted: start-state rows of the jump set (see the module docstring)
+    # [R, K] bool, step_every "edges" only: which successors of each row this step trains (the
+    # official BranchGRPO steps count edges, so a split's two children may fall in different steps);
+    # None: all K successors of every row
+    successors: torch.Tensor | None = None
 
 
 OptimizerStep = tuple[TermBlock, ...]
 
-TRAJECTORIES = ("sde", "anchor", "final")
+TRAJECTORIES = ("sde", "anchor", "final", "tree")
 
-STEP_EVERY = ("jump", "samples", "rollout")
+STEP_EVERY = ("jump", "samples", "rollout", "edges")
+
+NORMALIZERS = ("mean", "fixed")
 
 
 @dataclass(frozen=True)
@@ -215,7 +223,14 @@ class UpdateSchedule:
         script: 3 and 4 steps per iteration whatever P). A remainder makes a last, smaller step
         (the official scripts let its gradient be zeroed at the next iteration);
       "rollout": `steps_per_rollout` steps, each over an equal share of the (optionally
-        shuffled) samples and every trained jump (Flow-GRPO: 2; DenseGRPO: 1).
+        shuffled) samples and every trained jump (Flow-GRPO: 2; DenseGRPO: 1);
+      "edges" ("tree" plans, BranchGRPO): every emulated rank (`prompts_per_rank` prompts) lists
+        its trained edges (start state, successor), shuffles them (torch.randperm seeded seed + 1 +
+        rank, when `shuffle`) and steps every `edges_per_step` of them, the last step taking the
+        rest; global step o is the o-th split of every rank.
+    normalizer: "mean" (above) or "fixed": a step's loss is the sum of its terms over one fixed
+      denominator, `edges_per_step` x (trained edges per prompt) (BranchGRPO's sum / (GA x E_tree):
+      a remainder step weighs less than a full one). "edges" plans only.
     drop_zero_advantage: samples whose advantage is exactly 0 at every jump leave the update (their
       terms neither count in the mean nor add a KL term), as flow_grpo's train_sd3.py filters them
       ("sde" plans). Their rows are still evaluated with their chunk, keeping the rollout's batches.
@@ -230,6 +245,8 @@ class UpdateSchedule:
     shuffle: bool = False
     drop_zero_advantage: bool = False
     seed: int = 0
+    edges_per_step: int | None = None
+    normalizer: str = "mean"
 
     def __post_init__(self):
         if (self.trained is None) == (self.per_sample is None):
@@ -244,6 +261,12 @@ class UpdateSchedule:
             )
         if self.per_sample is not None and not 1 <= self.per_sample[0] <= self.per_sample[1]:
             raise ValueError(f"per_sample (k, pool) needs 1 <= k <= pool, got {self.per_sample}")
+        if self.step_every == "edges" and (self.edges_per_step is None or self.edges_per_step < 1):
+            raise ValueError(f"step_every 'edges' needs edges_per_step >= 1, got {self.edges_per_step}")
+        if self.normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {self.normalizer!r}")
+        if self.normalizer == "fixed" and self.step_every != "edges":
+            raise ValueError("normalizer 'fixed' goes with step_every 'edges'")
 
     @property
     def trained_per_sample(self) -> int:
@@ -255,6 +278,10 @@ class UpdateSchedule:
             out |= {"samples_per_step": self.samples_per_step, "prompts_per_rank": self.prompts_per_rank}
         if self.step_every == "rollout":
             out |= {"steps_per_rollout": self.steps_per_rollout, "shuffle": self.shuffle}
+        if self.step_every == "edges":
+            out |= {"edges_per_step": self.edges_per_step, "prompts_per_rank": self.prompts_per_rank, "shuffle": self.shuffle}
+        if self.normalizer != "mean":
+            out["normalizer"] = self.normalizer
         if self.drop_zero_advantage:
             out["drop_zero_advantage"] = True
         return out
@@ -293,6 +320,10 @@ class StepPlan:
     sampler: str = "euler"
     levels: LevelSchedule | None = None
     cfg_scale: float | None = None
+    # "tree" only (BranchGRPO): the steps at which every node splits in two (sigma indices 0..T-1,
+    # rising), and the factor on a split child's noise (its log-prob keeps the unscaled std)
+    tree_splits: tuple[int, ...] = ()
+    split_noise_scale: float = 1.0
 
     def __post_init__(self):
         t = self.num_steps
@@ -306,6 +337,10 @@ class StepPlan:
         missing = [v for v in self.objective.views if v != "reference" and v not in names]
         if missing:
             raise ValueError(f"the objective reads the policy copies {missing}, which the plan does not keep")
+        if self.trajectory != "tree" and (self.tree_splits or self.split_noise_scale != 1.0):
+            raise ValueError("tree_splits and split_noise_scale go with trajectory 'tree'")
+        if self.trajectory != "tree" and self.update.step_every == "edges":
+            raise ValueError("step_every 'edges' goes with trajectory 'tree'")
         if self.trajectory == "final":
             if self.jumps or self.branches or self.intermediate_completions or self.levels is None:
                 raise ValueError("a 'final' plan has no jumps, branches or intermediate completions, and needs levels")
@@ -326,6 +361,8 @@ class StepPlan:
             starts = [j.start for j in self.jumps]
             if any(j.stop != j.start + 1 for j in self.jumps) or starts != sorted(set(starts)) or starts[-1] >= t:
                 raise ValueError(f"sde trajectories take single-step jumps in order within 0..{t}, got {self.jumps}")
+        elif self.trajectory == "tree":
+            self._check_tree()
         else:
             if self.intermediate_completions or self.score != "final":
                 raise ValueError("anchor plans score their completions; no intermediate completions or last_x0")
@@ -345,6 +382,29 @@ class StepPlan:
             raise ValueError(f"trained jumps {list(trained)} must index the plan's {len(self.jumps)} jumps")
         if self.trajectory == "anchor" and (self.update.per_sample is not None or self.update.step_every == "samples"):
             raise ValueError("anchor plans train whole branches: no per-sample jumps, no step_every 'samples'")
+
+    def _check_tree(self) -> None:
+        t, s = self.num_steps, list(self.tree_splits)
+        if [(j.start, j.stop) for j in self.jumps] != [(i, i + 1) for i in range(t)]:
+            raise ValueError(f"a tree plan takes one single-step jump per step 0..{t - 1}, got {self.jumps}")
+        if any(j.step.kind == "ode" for j in self.jumps):
+            raise ValueError("a tree plan's jumps are stochastic (the ODE steps of BranchGRPO-Mix are not built)")
+        if not s or s != sorted(set(s)) or s[0] < 0 or s[-1] >= t:
+            raise ValueError(f"tree_splits must be distinct rising step indices within 0..{t - 1}, got {self.tree_splits}")
+        if self.group_size != 2 ** len(s):
+            raise ValueError(f"a tree with {len(s)} splits has {2 ** len(s)} leaves, the group; group_size is {self.group_size}")
+        if not self.split_noise_scale > 0:
+            raise ValueError(f"split_noise_scale must be > 0, got {self.split_noise_scale}")
+        if self.branches or self.intermediate_completions or self.same_initial_noise is not True:
+            raise ValueError("a tree plan has one root per prompt (same_initial_noise), no branches, no intermediate completions")
+        u = self.update
+        if u.per_sample is not None or u.step_every == "samples" or u.drop_zero_advantage:
+            raise ValueError("a tree plan trains whole jumps: no per-sample jumps, no step_every 'samples', no zero-advantage filter")
+
+    # ---- the tree ("tree" plans) ---------------------------------------------------------------
+    def tree_widths(self) -> list[int]:
+        """n_0..n_T: a tree's nodes at each depth (the states before step i; n_T = G leaves)."""
+        return [2 ** sum(s < i for s in self.tree_splits) for i in range(self.num_steps + 1)]
 
     # ---- the schedule ---------------------------------------------------------------------
     @property
@@ -366,6 +426,9 @@ class StepPlan:
         one advantage column, a sample's)."""
         if self.trajectory in ("sde", "final"):
             return num_prompts * self.group_size, 1
+        if self.trajectory == "tree":
+            n = self.tree_widths()
+            return num_prompts * n[j], n[j + 1] // n[j]
         return num_prompts, self.group_size
 
     def per_jump(self, adv: torch.Tensor) -> list[torch.Tensor]:
@@ -375,6 +438,9 @@ class StepPlan:
         want = len(self.jumps) if self.trajectory != "final" else 1
         if g != self.group_size or n != want:
             raise ValueError(f"advantages must be [P, {self.group_size}, {want}], got {tuple(adv.shape)}")
+        if self.trajectory == "tree":  # edge j of leaf g's path: every (G / n_{j+1})-th leaf is one child
+            widths = self.tree_widths()
+            return [adv[:, :: g // widths[j + 1], j].reshape(self.jump_layout(j, p)) for j in range(n)]
         return [adv[:, :, j].reshape(self.jump_layout(j, p)) for j in range(n)]
 
     @property
@@ -401,8 +467,14 @@ class StepPlan:
         """[M, J] bool: which (start state, jump) transitions are trained this iteration ("final":
         [P*G, levels.count], which (sample, level column) terms)."""
         m = num_prompts if self.trajectory == "anchor" else num_prompts * self.group_size
-        mask = torch.zeros(m, self.num_columns, dtype=torch.bool)
         u = self.update
+        if self.trajectory == "tree":  # M differs per jump: [max M_j, J], jump j's rows past M_j False
+            rows = [self.jump_layout(j, num_prompts)[0] for j in range(len(self.jumps))]
+            mask = torch.zeros(max(rows), len(self.jumps), dtype=torch.bool)
+            for j in u.trained:
+                mask[: rows[j], j] = True
+            return mask
+        mask = torch.zeros(m, self.num_columns, dtype=torch.bool)
         if u.trained is not None:
             mask[:, list(u.trained)] = True
             return mask
@@ -424,6 +496,8 @@ class StepPlan:
         m = mask.shape[0]
         u = self.update
         jumps_in_order = list(u.trained) if u.trained is not None else list(range(self.num_columns))
+        if u.step_every == "edges":
+            return self._edge_steps(num_prompts, mask, jumps_in_order)
         if u.step_every == "jump":
             steps = [(TermBlock(j, torch.nonzero(mask[:, j]).squeeze(1)),) for j in jumps_in_order]
             return [s for s in steps if s[0].rows.numel() or keep is not None]
@@ -461,6 +535,54 @@ class StepPlan:
             steps += [()] * (u.steps_per_rollout - len(steps))
         return steps
 
+    def _edge_steps(self, num_prompts: int, mask: torch.Tensor, jumps_in_order: list[int]) -> list[OptimizerStep]:
+        """step_every "edges": each emulated rank's trained edges (jump, row, successor), listed
+        jump by jump, row by row, optionally shuffled (seed + 1 + rank), split every edges_per_step;
+        step o gathers the o-th split of every rank, as (jump, rows, successors) blocks."""
+        u = self.update
+        if num_prompts % u.prompts_per_rank:
+            raise ValueError(
+                f"{self.method}: {num_prompts} prompts per iteration are not whole ranks of "
+                f"prompts_per_rank {u.prompts_per_rank} (train.prompts_per_step must be a multiple of it)"
+            )
+        layout = {j: self.jump_layout(j, num_prompts) for j in jumps_in_order}
+        per_rank = []
+        for r in range(num_prompts // u.prompts_per_rank):
+            edges = []
+            for j in jumps_in_order:
+                (m, k), per_prompt = layout[j], layout[j][0] // num_prompts
+                lo, hi = r * u.prompts_per_rank * per_prompt, (r + 1) * u.prompts_per_rank * per_prompt
+                edges += [(j, row, c) for row in range(lo, hi) if mask[row, j] for c in range(k)]
+            e = torch.tensor(edges, dtype=torch.long).view(-1, 3)
+            if u.shuffle:
+                e = e[torch.randperm(e.shape[0], generator=torch.Generator().manual_seed(u.seed + 1 + r))]
+            per_rank.append(e.split(u.edges_per_step))
+        steps = []
+        for o in range(max(len(p) for p in per_rank)):
+            e = torch.cat([p[o] for p in per_rank if o < len(p)])
+            blocks = []
+            for j in jumps_in_order:
+                ej = e[e[:, 0] == j]
+                if ej.shape[0]:
+                    rows = ej[:, 1].unique(sorted=True)
+                    succ = torch.zeros(rows.numel(), layout[j][1], dtype=torch.bool)
+                    succ[torch.searchsorted(rows, ej[:, 1].contiguous()), ej[:, 2]] = True
+                    blocks.append(TermBlock(j, rows, succ))
+            steps.append(tuple(blocks))
+        return steps
+
+    def loss_denominator(self) -> int | None:
+        """normalizer "fixed": every optimizer step's loss is its terms' sum over this (BranchGRPO's
+        GA x E_tree: edges_per_step x the trained edges of one prompt's tree); None: the step's mean."""
+        if self.update.normalizer != "fixed":
+            return None
+        return self.update.edges_per_step * self.trained_edges_per_prompt()
+
+    def trained_edges_per_prompt(self) -> int:
+        """"tree" plans: the trained edges of one tree (jump j has n_{j+1} edges)."""
+        n = self.tree_widths()
+        return sum(n[j + 1] for j in self.update.trained)
+
     def first_step_rows(self, num_prompts: int) -> dict[int, torch.Tensor]:
         """{jump: rows} trained by the first optimizer step: the engine forwards them as chunks of
         their own, and the update with the same chunks (flowrl.engine.rollout's docstring: why)."""
@@ -471,7 +593,7 @@ class StepPlan:
     def nfe_per_generation(self) -> int:
         """Model evaluations behind one of the G samples, as the papers count them (anchor
         steps, shared by the group, not counted; a branch's jump counts 1)."""
-        if self.trajectory == "final":  # one evaluation per sampler step (CFG counts inside the model)
+        if self.trajectory in ("final", "tree"):  # "final": one per sampler step; "tree": a leaf's path
             return self.num_steps
         if self.trajectory == "sde":
             return self.num_steps + sum(len(c) - 1 for c in self.intermediate_completions)
@@ -487,6 +609,15 @@ class StepPlan:
         (one with grad per term, plus one without per view the objective reads besides it; the
         SDE family's KL reference forward, a run setting, is not in it)."""
         g = self.group_size
+        if self.trajectory == "tree":  # one forward per node and step (a split's children share it), a query per leaf
+            terms = self.trained_edges_per_prompt()
+            return {
+                "nfe_per_generation": self.nfe_per_generation(),
+                "nfe_per_prompt": sum(self.tree_widths()[: self.num_steps]),
+                "reward_queries_per_prompt": g,
+                "trained_steps_per_prompt": terms,
+                "training_forwards_per_prompt": terms * (1 + len(self.objective.views)),
+            }
         if self.trajectory == "sde":
             rewards = g * (1 + len(self.intermediate_completions))
         elif self.trajectory == "final":
@@ -524,6 +655,17 @@ class StepPlan:
         weights and activations are not in it."""
         p, g, t = num_prompts, self.group_size, self.num_steps
         n = p * g
+        if self.trajectory == "tree":
+            nodes = p * sum(self.tree_widths())  # every node's latent (jump sets' x and x_next share them)
+            # the nodes, the step noise drawn up front [T, n], a step's repeated x / v, mean, next, the scored leaves
+            latents = nodes + t * n + 4 * n + n + (nodes - p if self.objective.keeps_mean else 0)
+            log_probs, scored = nodes - p, n
+            images = min(max_batch, scored) + min(keep_images, scored)
+            return {
+                "stored latents": 4 * latents * latent_numel,
+                "log-probs": 4 * log_probs,
+                "decoded images": 4 * images * image_numel,
+            }
         if self.trajectory == "final":
             # the state being sampled and a step's temporaries, x0, the re-noising noise [n, K]
             latents = n + 3 * n + n + n * self.levels.count
@@ -579,5 +721,10 @@ class StepPlan:
             "objective": self.objective.to_dict(),
             "policies": [c.to_dict() for c in self.policies],
             **({"sampler": self.sampler, "levels": self.levels.to_dict(), "cfg_scale": self.cfg_scale} if self.levels else {}),
+            **(
+                {"tree_splits": list(self.tree_splits), "split_noise_scale": self.split_noise_scale, "tree_widths": self.tree_widths()}
+                if self.trajectory == "tree"
+                else {}
+            ),
             **self.budget(),
         }

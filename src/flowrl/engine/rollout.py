@@ -4,7 +4,7 @@ under the rollout policy). One code path for the tiny and the real models. The p
 engine reads: every jump carries its own step settings, so nothing calls back into the step
 scheduler.
 
-Three trajectory kinds (plan.trajectory):
+Four trajectory kinds (plan.trajectory):
   "sde"    G full stochastic trajectories per prompt (DanceGRPO, Flow-GRPO, DenseGRPO); with
            plan.intermediate_completions every intermediate latent is also ODE-completed and scored.
   "anchor" one ODE anchor trajectory per prompt; at each branch point the G samples leave the
@@ -12,6 +12,8 @@ Three trajectory kinds (plan.trajectory):
   "final"  G deterministic generations per prompt with the plan's sampler (Euler or DPM-Solver++(2M));
            only the final samples x0, their rewards and the noise that re-noises them for the
            update's levels are kept (DiffusionNFT, AWM).
+  "tree"   one root per prompt; every step is stochastic and at a split step every node gets two
+           children that share its velocity (BranchGRPO); the G leaves are the group.
 All deterministic completions of a rollout run together in one "wavefront": every forward
 takes up to `max_batch` rows, whatever sigma each row is at (the models take one sigma per row).
 
@@ -193,7 +195,7 @@ def rollout(
     Every random draw comes from `noise` (flowrl.engine.noise), by default GeneratorNoise(generator)."""
     prompts = list(prompts)
     noise = noise_source(noise, generator)
-    run = {"sde": _rollout_sde, "anchor": _rollout_anchor, "final": _rollout_final}[plan.trajectory]
+    run = {"sde": _rollout_sde, "anchor": _rollout_anchor, "final": _rollout_final, "tree": _rollout_tree}[plan.trajectory]
     with cfg_scale(model, plan.cfg_scale):
         return run(model, plan, prompts, score_fn, noise, max_batch, keep_images)
 
@@ -366,6 +368,57 @@ def _rollout_final(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource,
     )
     parts = {k: v.view(p, g) for k, v in parts.items()}
     return Rollout(prompts, g, embeds, sigmas, [], parts, images, counter.nfe, counter.forwards, x, level_noise)
+
+
+def _rollout_tree(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, max_batch, keep_images) -> Rollout:
+    """One tree per prompt (BranchGRPO): a frontier of P*n_i states, one batched velocity per step
+    over it (sum_i P*n_i NFE); at a split step each state draws two successors from its one
+    velocity, their noise multiplied by plan.split_noise_scale while the log-prob keeps the step's
+    std (the step computes mean + std * noise and evaluates the density with std: pre-scaling the
+    noise is BranchGRPO's rule). Children stay adjacent, so the frontier is in depth-first order
+    and the leaves of prompt p are rows p*G .. p*G+G-1.
+    Noise: x_1 = noise.initial(P, 1), one root per prompt; the step noise is noise.steps(0..T-1,
+    P, G), [T, P*G, *latent], of which the child at depth i+1 that is the ancestor of leaves
+    c*s .. (c+1)*s-1 (s = G / n_{i+1}) takes row p*G + c*s: a leaf's noise at the steps where it
+    is its ancestors' first leaf (every step of leaf 0)."""
+    g, t, p = plan.group_size, plan.num_steps, len(prompts)
+    sigmas = plan.sigma_tensor()
+    counter = _Counter()
+    embeds = model.encode_prompts(prompts)
+    widths = plan.tree_widths()
+    x = noise.initial(model, p, 1)  # [P, *latent] the roots
+    eps = noise.steps(model, range(t), p, g)  # [T, P*G, *latent], drawn up front
+    first = plan.first_step_rows(p)
+    row_prompt = torch.arange(p)
+    jump_sets, v = [], None
+    for i, jump in enumerate(plan.jumps):  # one jump per step (StepPlan checks it)
+        k = widths[i + 1] // widths[i]
+        v = _velocities(model, x, sigmas[i], embeds[row_prompt], max_batch, counter, first.get(i))
+        e = eps[i].view(p, g, *x.shape[1:])[:, :: g // widths[i + 1]].reshape(-1, *x.shape[1:])
+        if k > 1:
+            e = e * plan.split_noise_scale
+        xr, vr = (x, v) if k == 1 else (x.repeat_interleave(k, 0), v.repeat_interleave(k, 0))
+        out = jump.step(xr, vr, sigmas[i], sigmas[i + 1], noise=e)
+        mean = out.mean.view(x.shape[0], k, *x.shape[1:]) if plan.objective.keeps_mean else None
+        x_next = out.prev_sample.view(x.shape[0], k, *x.shape[1:])
+        jump_sets.append(JumpSet(i, i + 1, jump.step, x, row_prompt, x_next, out.log_prob.view(x.shape[0], k), mean))
+        if i < t - 1:
+            x, row_prompt = x_next.flatten(0, 1), row_prompt.repeat_interleave(k)
+    # the scored leaves: the last latent, or (DanceGRPO's, BranchGRPO's) the x0 prediction of the
+    # last step, x_{T-1} - sigma_{T-1} v, the same for a split's two children
+    last = jump_sets[-1]
+    if plan.score == "final":
+        leaves = last.x_next.flatten(0, 1)
+    else:
+        x0 = predict_x0(last.x, v, sigmas[t - 1]).to(last.x.dtype)
+        leaves = x0.repeat_interleave(last.x_next.shape[1], 0)
+    leaf_prompt = torch.arange(p).repeat_interleave(g)
+    parts, images = ode_complete_and_score(
+        model, leaves.clone(), leaf_prompt, [(t,)], torch.zeros(leaves.shape[0], dtype=torch.long), sigmas, embeds,
+        prompts, score_fn, max_batch, counter, keep_images=keep_images,
+    )
+    parts = {k: val.view(p, g) for k, val in parts.items()}
+    return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
 
 
 def jump_log_prob(model, rollout: Rollout, jump_set: JumpSet, rows: torch.Tensor):

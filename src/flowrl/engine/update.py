@@ -16,7 +16,9 @@ DanceGRPO's loss / (gradient_accumulation_steps x trained steps), E-GRPO's and G
 over the G samples of one timestep, Flow-GRPO's accumulation over minibatches and timesteps
 (accelerate divides by the accumulation count) all reduce to it. Later optimizer steps of one
 iteration see weights the earlier ones changed: their ratio leaves 1 and the clip binds, as in
-the official scripts.
+the official scripts. Two additions for "tree" plans (BranchGRPO): a block may train only some
+successors of its rows (TermBlock.successors, step_every "edges"), and a plan with normalizer
+"fixed" divides every step's term sum by plan.loss_denominator() instead of its term count.
 """
 
 from __future__ import annotations
@@ -89,18 +91,19 @@ def policy_update(
     ratio here, a forward-process objective in `_forward_process_update`, which reads the no-grad
     velocities `views(name, x, sigma, embeds)` of the objective's views (the reference, the plan's
     policy copies)."""
+    backward = backward or torch.Tensor.backward
     if not isinstance(plan.objective, ClippedRatio):
         return _forward_process_update(model, plan, rollout, advantages, step_fn, max_batch, backward, views)
     _check_inputs(rollout, advantages, loss, reference_mean)
-    backward = backward or torch.Tensor.backward
     keep = _kept_rows(plan, advantages)  # [M] bool per start state, or None: every term counts
     stats = UpdateStats()
     # with the zero-advantage filter the kept rows are split into the steps (flow_grpo filters, then
     # batches); where nothing is dropped these are the plan's own steps, the rollout's chunks
     steps = plan.optimizer_steps(rollout.num_prompts, None if keep is None or bool(keep.all()) else keep)
+    fixed = getattr(plan, "loss_denominator", lambda: None)()  # "fixed" normalizer: sum / this, else the step's mean
     for o, step in enumerate(steps):
         k_of = {b.jump: rollout.jump_sets[b.jump].x_next.shape[1] for b in step}
-        n_terms = sum(int(_kept(keep, b.rows).sum()) * k_of[b.jump] for b in step)
+        n_terms = sum(_block_terms(keep, b, k_of[b.jump]) for b in step)
         first_ratios, bad = [], None
         for block in step:
             js = rollout.jump_sets[block.jump]
@@ -108,13 +111,15 @@ def policy_update(
             for sl in chunks(block.rows.numel(), max_batch):  # the rollout's chunks of these rows
                 rows = block.rows[sl]
                 kept = _kept(keep, rows).repeat_interleave(k_of[block.jump])  # [rows * K]
+                if block.successors is not None:  # an edge block: only these successors of the rows
+                    kept = kept & block.successors[sl].flatten()
                 if bad is not None or not kept.any():
                     continue
                 res, bad = _chunk_loss(model, plan, rollout, js, rows, kept, adv, loss, reference_mean)
                 if bad is not None:
                     continue
                 n = int(kept.sum())
-                backward(res.loss * (n / n_terms))
+                backward(res.loss * (n / n_terms if fixed is None else n / fixed))
                 stats.metrics.append(res.metrics())
                 stats.rows += rows.numel()
                 if o == 0:
@@ -182,6 +187,13 @@ def _kept_rows(plan, advantages: list[torch.Tensor]) -> torch.Tensor | None:
     if plan.trajectory != "sde":
         raise ValueError("drop_zero_advantage filters samples of full trajectories ('sde' plans)")
     return torch.stack([a.flatten().cpu() for a in advantages], dim=1).ne(0).any(dim=1)  # [P*G]
+
+
+def _block_terms(keep: torch.Tensor | None, block, k: int) -> int:
+    """The terms of one (jump, rows) block: its kept rows x K, or its kept rows' listed successors."""
+    if block.successors is None:
+        return int(_kept(keep, block.rows).sum()) * k
+    return int((_kept(keep, block.rows).unsqueeze(1) & block.successors).sum())
 
 
 def _kept(keep: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
