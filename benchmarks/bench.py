@@ -53,6 +53,7 @@ class Iteration:
     step_fn: object
     loss: object
     reference_mean: object
+    views: object  # a forward-process objective's no-grad velocities (frozen copies here: one iteration)
     max_batch: int
     rollout_batch: int
     update_batch: int
@@ -66,6 +67,7 @@ def prepare(setup: MethodSetup, make_model, reward, max_batch: int, micro_batch:
     model.requires_grad_(False)
     model.transformer.requires_grad_(True)  # full fine-tune, as E-GRPO (the tiny model has no LoRA here)
     ref_model = copy.deepcopy(model).requires_grad_(False).eval() if cfg.method.kl_beta > 0 else None
+    frozen = {c.name: copy.deepcopy(model).requires_grad_(False).eval() for c in plan.policies} | {"reference": ref_model}
     opt = make_optimizer(cfg, model.trainable_parameters())
     batches = peer_batches(setup.method)
     return Iteration(
@@ -78,6 +80,7 @@ def prepare(setup: MethodSetup, make_model, reward, max_batch: int, micro_batch:
         step_fn=optimizer_step_fn(model, opt, cfg.train.grad_clip),
         loss=make_loss(cfg),
         reference_mean=(lambda r, js, rows: jump_log_prob(ref_model, r, js, rows).mean.detach()) if ref_model else None,
+        views=lambda name, x, sigma, embeds: frozen[name].velocity(x, sigma, embeds),
         max_batch=max_batch,
         rollout_batch=micro_batch or batches.rollout_batch,  # the official script's, unless --micro-batch says
         update_batch=micro_batch or batches.update_batch,
@@ -96,7 +99,9 @@ def engine_iteration(it: Iteration, seed: int) -> tuple[dict, object, list]:
     adv = it.setup.step_scheduler.advantages(RewardScores.single(it.score.reward.name, rewards), it.plan, it.prompts)
     advantages_s = clock.lap()
     it.model.train()
-    stats = policy_update(it.model, it.plan, ro, adv, it.step_fn, it.loss, it.max_batch, reference_mean=it.reference_mean)
+    stats = policy_update(
+        it.model, it.plan, ro, adv, it.step_fn, it.loss, it.max_batch, reference_mean=it.reference_mean, views=it.views
+    )
     it.model.eval()
     train_s = clock.lap()
     if it.timed.evals != ro.nfe:
@@ -127,7 +132,7 @@ def peer_iteration(it: Iteration, seed: int, ro, adv, advantages_s: float) -> di
     peer_s = clock.lap()
     evals, forwards, queries = it.timed.evals, it.timed.calls, it.score.queries
     it.model.train()
-    stats = peer_update(it.model, it.plan, ro, adv, it.step_fn, it.loss, it.update_batch, it.reference_mean)
+    stats = peer_update(it.model, it.plan, ro, adv, it.step_fn, it.loss, it.update_batch, it.reference_mean, it.views)
     it.model.eval()
     peer_update_s = clock.lap()
     return {

@@ -274,7 +274,10 @@ def bench_toy_iterations(report: GpuReport, device, quick: bool) -> None:
             ro = rollout(model, plan, prompts, score, torch.Generator().manual_seed(0), cfg.train.max_batch)
             adv = step_scheduler.advantages(RewardScores.single("shapes", ro.parts["shapes"]), plan, prompts)
             model.train()
-            policy_update(model, plan, ro, adv, step_fn, loss, cfg.train.max_batch)
+            # a forward-process objective's views run on the live weights: the same forwards, the
+            # copies are not the point here (as the KL's reference above)
+            views = lambda name, x, sigma, embeds: model.velocity(x, sigma, embeds)  # noqa: E731
+            policy_update(model, plan, ro, adv, step_fn, loss, cfg.train.max_batch, views=views)
             sync(device)
             times.append(time.perf_counter() - clock)
         report.add(

@@ -32,6 +32,12 @@ class PeerBatches:
 # Keyed by method config name (conf/method/<name>.yaml, whose first line names the same commits).
 # The bench only: training never reads it.
 PEER_BATCHES = {
+    "awm": PeerBatches(
+        6, 3, "scxue/advantage_weighted_matching config/dgx_awm.py@be51372: sample.train_batch_size 6, train.batch_size 3"
+    ),
+    "diffusionnft": PeerBatches(
+        9, 9, "NVlabs/DiffusionNFT config/nft.py@24af555: 9 images per GPU per batch (its bsz search, 8 GPUs), trained in those batches"
+    ),
     "dancegrpo": PeerBatches(
         1, 1, "XueZeyue/DanceGRPO fastvideo/train_grpo_flux.py@15cc71d: samples one at a time (L326), trains per sample"
     ),
@@ -41,6 +47,9 @@ PEER_BATCHES = {
         1,
         "shengjun-zhang/VisualGRPO@ae619bf fastvideo/workers/sampler/flux_sampler.py: one forward per branch sample; "
         "fastvideo/trainer/grpo_trainer.py: one batch-1 forward per branch point",
+    ),
+    "grpo_guard": PeerBatches(
+        9, 9, "yifan123/flow_grpo config/grpo_guard.py@9745241: Flow-GRPO's batches, 9 per GPU (16 GPUs x 9 x 8 batches)"
     ),
     "flowgrpo": PeerBatches(
         9, 9, "yifan123/flow_grpo config/grpo.py@ac4c86e: sample.batch_size / train.batch_size 9 per GPU (32-GPU SD3 configs)"
@@ -90,11 +99,12 @@ def peer_rollout(
     Returns the rewards {part: [P, G, *plan.score_shape]} (the engine's layout)."""
     noise = noise_source(noise, generator)
     g, p_n = plan.group_size, len(prompts)
-    if plan.trajectory == "sde":  # the engine's draws (flowrl.engine.rollout), rows p*G + g
+    if plan.trajectory in ("sde", "final"):  # the engine's draws (flowrl.engine.rollout), rows p*G + g
         x1 = noise.initial(model, p_n, 1 if plan.same_initial_noise else g)
         if plan.same_initial_noise:
             x1 = x1.repeat_interleave(g, dim=0)
-        eps = noise.steps(model, range(plan.num_steps), p_n, g)  # [T, P*G, *latent]
+        # [T, P*G, *latent]; "final": the level noise, drawn after sampling (nothing in between draws)
+        eps = noise.steps(model, range(plan.num_steps if plan.trajectory == "sde" else plan.levels.count), p_n, g)
     else:
         x1 = noise.initial(model, p_n, 1)  # one anchor per prompt
         eps = noise.steps(model, [b.jump.start for b in plan.branches], p_n, g)  # [B, P*G, *latent]
@@ -108,7 +118,9 @@ def peer_rollout(
     for p in range(p_n):
         embeds = model.encode_prompts([prompts[p]])
         mine = slice(p * g, (p + 1) * g)  # this prompt's rows of the draws
-        if plan.trajectory == "sde":
+        if plan.trajectory == "final":
+            _final_prompt(model, plan, embeds, x1[mine], micro_batch, lambda rows, where, x, p=p: record(p, rows, where, x))
+        elif plan.trajectory == "sde":
             _sde_prompt(
                 model, plan, embeds, x1[mine], eps[:, mine], micro_batch, lambda rows, where, x, p=p: record(p, rows, where, x)
             )
@@ -147,6 +159,23 @@ def _sde_prompt(model, plan, embeds, x1, eps, micro_batch: int, record) -> None:
             record(rows, (i,), _ode_along(model, states[i], schedule, sigmas, e))
 
 
+def _final_prompt(model, plan, embeds, x1, micro_batch: int, record) -> None:
+    """One prompt's G deterministic generations from x1 [G, *latent] with the plan's sampler,
+    micro-batch by micro-batch (DiffusionNFT, AWM)."""
+    from flowrl.sampling.dpm_solver import DPMSolver2
+
+    sigmas = plan.sigma_tensor()
+    for rows in chunks(plan.group_size, micro_batch):
+        n = rows.stop - rows.start
+        e = embeds.repeat_interleave(n)
+        x = x1[rows].clone()
+        solver = DPMSolver2(sigmas) if plan.sampler == "dpm2" else None
+        for i in range(plan.num_steps):
+            v = model.velocity(x, sigmas[i].expand(n).to(x), e)
+            x = solver.step(x, v, i) if solver is not None else ode_step(x, v, sigmas[i], sigmas[i + 1])
+        record(rows, (), x)
+
+
 def _anchor_prompt(model, plan, embeds, x1, eps, micro_batch: int, record) -> None:
     """One prompt's ODE anchor from x1 [1, *latent], then each branch point's G jumps (noise
     eps [B, G, *latent]) and their completions."""
@@ -173,7 +202,7 @@ def _anchor_prompt(model, plan, embeds, x1, eps, micro_batch: int, record) -> No
                 record(rows, (b, c), _ode_along(model, out.prev_sample, schedule, sigmas, e))
 
 
-def peer_update(model, plan, rollout, advantages, step_fn, loss, update_batch: int, reference_mean=None):
+def peer_update(model, plan, rollout, advantages, step_fn, loss, update_batch: int, reference_mean=None, views=None):
     """The peers' update on a rollout: a training forward with grad in their train batch size
     (`update_batch` rows), their optimizer-step placement (the plan's), the same GRPO loss.
 
@@ -182,7 +211,7 @@ def peer_update(model, plan, rollout, advantages, step_fn, loss, update_batch: i
     that is the peers' work exactly (one successor per start state). For anchor plans (E-GRPO,
     G²RPO) the official trainers run one batch-1 forward per (sample, branch point), G per branch
     point where this runs one: their update cost is understated here, not overstated."""
-    return policy_update(model, plan, rollout, advantages, step_fn, loss, update_batch, reference_mean=reference_mean)
+    return policy_update(model, plan, rollout, advantages, step_fn, loss, update_batch, reference_mean=reference_mean, views=views)
 
 
 def engine_shared_evals(plan, num_prompts: int) -> int:
@@ -190,6 +219,6 @@ def engine_shared_evals(plan, num_prompts: int) -> int:
     leaving one anchor state share their velocity: the papers count G jump evaluations per branch
     point, the engine evaluates the anchor velocity at each branch point once per prompt, all but
     the last of which are anchor steps the papers already count. Full SDE plans share nothing."""
-    if plan.trajectory == "sde":
+    if plan.trajectory in ("sde", "final"):
         return 0
     return num_prompts * (plan.group_size * len(plan.branches) - 1)

@@ -100,7 +100,7 @@ def policy_update(
     # with the zero-advantage filter the kept rows are split into the steps (flow_grpo filters, then
     # batches); where nothing is dropped these are the plan's own steps, the rollout's chunks
     steps = plan.optimizer_steps(rollout.num_prompts, None if keep is None or bool(keep.all()) else keep)
-    fixed = getattr(plan, "loss_denominator", lambda: None)()  # "fixed" normalizer: sum / this, else the step's mean
+    fixed = getattr(plan, "loss_denominator", lambda p: None)(rollout.num_prompts)  # "fixed": sum / this, else the step's mean
     for o, step in enumerate(steps):
         k_of = {b.jump: rollout.jump_sets[b.jump].x_next.shape[1] for b in step}
         n_terms = sum(_block_terms(keep, b, k_of[b.jump]) for b in step)
