@@ -42,9 +42,9 @@ class _Recorded:
     def __init__(self, model, plan, num_prompts: int, seed: int):
         gen = torch.Generator().manual_seed(seed)
         p, g = num_prompts, plan.group_size
-        if plan.trajectory in ("sde", "final"):  # "final": the level columns' re-noising noise after x_1
-            self.x1 = model.initial_noise(p if plan.same_initial_noise else p * g, gen)
-            draws = plan.num_steps if plan.trajectory == "sde" else plan.levels.count
+        if plan.trajectory in ("sde", "final", "tree"):  # "final": the level columns' re-noising noise after x_1
+            self.x1 = model.initial_noise(p if plan.same_initial_noise else p * g, gen)  # "tree": one root per prompt
+            draws = plan.levels.count if plan.trajectory == "final" else plan.num_steps
             self.eps = torch.randn((draws, p * g, *model.latent_shape), generator=gen)
         else:
             self.x1 = model.initial_noise(p, gen)

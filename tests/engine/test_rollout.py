@@ -23,7 +23,8 @@ def _shapes_score(images, prompts):
 def _small_scheduler(make_cfg, method: str, *extra):
     """A method config at a small size (its scheduler's own small_overrides), as built for training."""
     small = instantiate(make_cfg(f"method={method}").method.step_scheduler).small_overrides
-    return instantiate(make_cfg(f"method={method}", *small, "method.group_size=3", *extra).method.step_scheduler)
+    g3 = () if any(o.startswith("method.tree_splits") for o in small) else ("method.group_size=3",)  # a tree's G is 2^splits
+    return instantiate(make_cfg(f"method={method}", *small, *g3, *extra).method.step_scheduler)
 
 
 # ---- full trajectories (DanceGRPO, Flow-GRPO, ...) ---------------------------------------------

@@ -229,8 +229,9 @@ class UpdateSchedule:
         rank, when `shuffle`) and steps every `edges_per_step` of them, the last step taking the
         rest; global step o is the o-th split of every rank.
     normalizer: "mean" (above) or "fixed": a step's loss is the sum of its terms over one fixed
-      denominator, `edges_per_step` x (trained edges per prompt) (BranchGRPO's sum / (GA x E_tree):
-      a remainder step weighs less than a full one). "edges" plans only.
+      denominator, `edges_per_step` x (trained edges per prompt) x (emulated ranks) (BranchGRPO's
+      sum / (GA x E_tree) per GPU, the GPUs averaged: a remainder step weighs less than a full
+      one). "edges" plans only.
     drop_zero_advantage: samples whose advantage is exactly 0 at every jump leave the update (their
       terms neither count in the mean nor add a KL term), as flow_grpo's train_sd3.py filters them
       ("sde" plans). Their rows are still evaluated with their chunk, keeping the rollout's batches.
@@ -571,12 +572,14 @@ class StepPlan:
             steps.append(tuple(blocks))
         return steps
 
-    def loss_denominator(self) -> int | None:
-        """normalizer "fixed": every optimizer step's loss is its terms' sum over this (BranchGRPO's
-        GA x E_tree: edges_per_step x the trained edges of one prompt's tree); None: the step's mean."""
+    def loss_denominator(self, num_prompts: int) -> int | None:
+        """normalizer "fixed": every optimizer step's loss is its terms' sum over this; None: the
+        step's mean. BranchGRPO's per-GPU loss is sum / (GA x E_tree) (edges_per_step x the trained
+        edges of one tree) and the GPUs' gradients are averaged: x the emulated ranks."""
         if self.update.normalizer != "fixed":
             return None
-        return self.update.edges_per_step * self.trained_edges_per_prompt()
+        ranks = num_prompts // self.update.prompts_per_rank
+        return self.update.edges_per_step * self.trained_edges_per_prompt() * ranks
 
     def trained_edges_per_prompt(self) -> int:
         """"tree" plans: the trained edges of one tree (jump j has n_{j+1} edges)."""
