@@ -29,7 +29,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.methods import METHODS, PROMPT, MethodSetup, compose_method, make_loss, make_optimizer, optimizer_step_fn
+from benchmarks.methods import (
+    METHODS,
+    PROMPT,
+    MethodSetup,
+    bench_prompts,
+    compose_method,
+    make_loss,
+    make_optimizer,
+    optimizer_step_fn,
+)
 from benchmarks.peers import engine_shared_evals, peer_batches, peer_rollout, peer_update
 from benchmarks.report import RESULTS_DIR, load_average, machine_description, render, write_results
 from benchmarks.timing import Stopwatch, TimedModel, TimedReward, median_seconds
@@ -73,7 +82,7 @@ def prepare(setup: MethodSetup, make_model, reward, max_batch: int, micro_batch:
     return Iteration(
         setup=setup,
         plan=plan,
-        prompts=[PROMPT],
+        prompts=bench_prompts(plan),
         model=model,
         timed=TimedModel(model),
         score=TimedReward(reward),
@@ -182,6 +191,7 @@ def summary_row(it: Iteration, engine_runs: list[dict], peer_runs: list[dict]) -
         **min(peer_runs, key=lambda d: d["peer_s"]),
         **best,
     }
+    row["prompts"] = p  # 1, or what the update needs (benchmarks.methods.bench_prompts)
     row["nfe_papers"] = budget["nfe_per_prompt"] * p
     row["engine_nfe_charged"] = row["engine_evals"] + engine_shared_evals(plan, p)
     row["forward_share"] = row["forward_s"] / row["rollout_s"]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.methods import METHODS, PROMPT, compose_method, make_loss, make_optimizer, optimizer_step_fn
+from benchmarks.methods import METHODS, PROMPT, bench_prompts, compose_method, make_loss, make_optimizer, optimizer_step_fn
 from benchmarks.report import RESULTS_DIR, GpuReport, write_results
 from benchmarks.timing import TimedModel, median_seconds, sync
 
@@ -264,8 +264,8 @@ def bench_toy_iterations(report: GpuReport, device, quick: bool) -> None:
         model.transformer.requires_grad_(True)
         step_fn = optimizer_step_fn(model, make_optimizer(cfg, model.trainable_parameters()), cfg.train.grad_clip)
         loss = make_loss(cfg, kl_beta=0.0)  # KL off: its reference copy is not the point here
-        prompts = [PROMPT] * (1 if quick else cfg.train.prompts_per_step)
         plan = step_scheduler.plan(0, torch.Generator().manual_seed(0))
+        prompts = bench_prompts(plan, 1 if quick else cfg.train.prompts_per_step)
         times = []
         for _ in range(1 if quick else 2):  # the first one warms up the kernels; the weights change: timed where it runs
             clock = time.perf_counter()
@@ -276,7 +276,7 @@ def bench_toy_iterations(report: GpuReport, device, quick: bool) -> None:
             model.train()
             # a forward-process objective's views run on the live weights: the same forwards, the
             # copies are not the point here (as the KL's reference above)
-            views = lambda name, x, sigma, embeds: model.velocity(x, sigma, embeds)  # noqa: E731
+            views = lambda name, x, sigma, embeds, m=model: m.velocity(x, sigma, embeds)  # noqa: E731
             policy_update(model, plan, ro, adv, step_fn, loss, cfg.train.max_batch, views=views)
             sync(device)
             times.append(time.perf_counter() - clock)

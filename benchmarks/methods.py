@@ -35,6 +35,18 @@ def compose_method(method: str, overrides: list[str], small: bool = False) -> Me
     return MethodSetup(method, cfg, instantiate(cfg.method.step_scheduler), overrides)
 
 
+def bench_prompts(plan, wanted: int = 1) -> list[str]:
+    """`wanted` copies of the bench prompt, at least as many as the plan's update can split: an
+    anchor plan whose optimizer steps split the rollout's prompts (steps_per_rollout shares of the
+    anchors, TempFlow-GRPO's Flow-GRPO placement) needs that many prompts, and an update that
+    emulates GPUs needs whole ones."""
+    u = plan.update
+    need = u.steps_per_rollout if plan.trajectory == "anchor" and u.step_every == "rollout" else 1
+    if u.step_every in ("samples", "edges"):  # whole emulated GPUs (BranchGRPO: 2 trees per GPU)
+        need = max(need, u.prompts_per_rank)
+    return [PROMPT] * max(wanted, need)
+
+
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
     """The config's optimizer (a partial AdamW) at lr = method.lr x train.lr_scale, as GRPOModule."""
     return instantiate(cfg.optimizer)(params, lr=cfg.method.lr * cfg.train.lr_scale)

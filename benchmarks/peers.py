@@ -36,7 +36,14 @@ PEER_BATCHES = {
         6, 3, "scxue/advantage_weighted_matching config/dgx_awm.py@be51372: sample.train_batch_size 6, train.batch_size 3"
     ),
     "diffusionnft": PeerBatches(
-        9, 9, "NVlabs/DiffusionNFT config/nft.py@24af555: 9 images per GPU per batch (its bsz search, 8 GPUs), trained in those batches"
+        9,
+        9,
+        "NVlabs/DiffusionNFT config/nft.py@24af555: 9 images per GPU per batch (its bsz search, 8 GPUs), trained in those batches",
+    ),
+    "branchgrpo": PeerBatches(
+        1,
+        1,
+        "Fredreic1849/BranchGRPO fastvideo/train_branchgrpo_flux.py@ffc3c90: one batch-1 forward per tree node (L426), one backward per edge",
     ),
     "dancegrpo": PeerBatches(
         1, 1, "XueZeyue/DanceGRPO fastvideo/train_grpo_flux.py@15cc71d: samples one at a time (L326), trains per sample"
@@ -47,6 +54,11 @@ PEER_BATCHES = {
         1,
         "shengjun-zhang/VisualGRPO@ae619bf fastvideo/workers/sampler/flux_sampler.py: one forward per branch sample; "
         "fastvideo/trainer/grpo_trainer.py: one batch-1 forward per branch point",
+    ),
+    "tempflow_grpo": PeerBatches(
+        1,
+        1,
+        "no public code: the branch samples one forward each, one batch-1 training forward per (sample, branch point), as G2RPO's train_g2rpo_hps.py",
     ),
     "grpo_guard": PeerBatches(
         9, 9, "yifan123/flow_grpo config/grpo_guard.py@9745241: Flow-GRPO's batches, 9 per GPU (16 GPUs x 9 x 8 batches)"
@@ -105,6 +117,9 @@ def peer_rollout(
             x1 = x1.repeat_interleave(g, dim=0)
         # [T, P*G, *latent]; "final": the level noise, drawn after sampling (nothing in between draws)
         eps = noise.steps(model, range(plan.num_steps if plan.trajectory == "sde" else plan.levels.count), p_n, g)
+    elif plan.trajectory == "tree":
+        x1 = noise.initial(model, p_n, 1)  # one root per prompt
+        eps = noise.steps(model, range(plan.num_steps), p_n, g)  # [T, P*G, *latent]
     else:
         x1 = noise.initial(model, p_n, 1)  # one anchor per prompt
         eps = noise.steps(model, [b.jump.start for b in plan.branches], p_n, g)  # [B, P*G, *latent]
@@ -118,7 +133,9 @@ def peer_rollout(
     for p in range(p_n):
         embeds = model.encode_prompts([prompts[p]])
         mine = slice(p * g, (p + 1) * g)  # this prompt's rows of the draws
-        if plan.trajectory == "final":
+        if plan.trajectory == "tree":
+            _tree_prompt(model, plan, embeds, x1[p : p + 1], eps[:, mine], lambda rows, where, x, p=p: record(p, rows, where, x))
+        elif plan.trajectory == "final":
             _final_prompt(model, plan, embeds, x1[mine], micro_batch, lambda rows, where, x, p=p: record(p, rows, where, x))
         elif plan.trajectory == "sde":
             _sde_prompt(
@@ -157,6 +174,30 @@ def _sde_prompt(model, plan, embeds, x1, eps, micro_batch: int, record) -> None:
         record(rows, (t,) if dense else (), x if plan.score == "final" else last_x0.to(x.dtype))
         for i, schedule in enumerate(plan.intermediate_completions):  # R(x_i) for every i
             record(rows, (i,), _ode_along(model, states[i], schedule, sigmas, e))
+
+
+def _tree_prompt(model, plan, embeds, x1, eps, record) -> None:
+    """One prompt's tree (BranchGRPO's run_tree_sample_step): node by node, one batch-1 forward per
+    node, its children drawn from that one velocity (split noise scaled, the log-prob at the step's
+    std); a child at depth i+1 heading leaves c*s .. takes the engine's noise row c*s. Leaves scored
+    on the last step's x0 prediction (or the last latent)."""
+    g = plan.group_size
+    sigmas = plan.sigma_tensor()
+    widths = plan.tree_widths()
+    nodes = [x1]
+    for i, jump in enumerate(plan.jumps):
+        k = widths[i + 1] // widths[i]
+        s = g // widths[i + 1]
+        children, x0s = [], []
+        for n, x in enumerate(nodes):
+            v = model.velocity(x, sigmas[i].expand(1).to(x), embeds)
+            for c in range(n * k, n * k + k):
+                e = eps[i, c * s : c * s + 1] * (plan.split_noise_scale if k > 1 else 1.0)
+                children.append(jump.step(x, v, sigmas[i], sigmas[i + 1], noise=e).prev_sample)
+                x0s.append((x.float() - sigmas[i] * v.float()).to(x.dtype))
+        nodes = children
+    leaves = torch.cat(nodes if plan.score == "final" else x0s)  # [G, *latent]
+    record(slice(0, g), (), leaves)
 
 
 def _final_prompt(model, plan, embeds, x1, micro_batch: int, record) -> None:
@@ -211,7 +252,9 @@ def peer_update(model, plan, rollout, advantages, step_fn, loss, update_batch: i
     that is the peers' work exactly (one successor per start state). For anchor plans (E-GRPO,
     G²RPO) the official trainers run one batch-1 forward per (sample, branch point), G per branch
     point where this runs one: their update cost is understated here, not overstated."""
-    return policy_update(model, plan, rollout, advantages, step_fn, loss, update_batch, reference_mean=reference_mean, views=views)
+    return policy_update(
+        model, plan, rollout, advantages, step_fn, loss, update_batch, reference_mean=reference_mean, views=views
+    )
 
 
 def engine_shared_evals(plan, num_prompts: int) -> int:
@@ -219,6 +262,6 @@ def engine_shared_evals(plan, num_prompts: int) -> int:
     leaving one anchor state share their velocity: the papers count G jump evaluations per branch
     point, the engine evaluates the anchor velocity at each branch point once per prompt, all but
     the last of which are anchor steps the papers already count. Full SDE plans share nothing."""
-    if plan.trajectory in ("sde", "final"):
+    if plan.trajectory != "anchor":  # a tree's split children share their parent's forward in both
         return 0
     return num_prompts * (plan.group_size * len(plan.branches) - 1)

@@ -86,7 +86,7 @@ def _header(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dic
         f"Model: {model_desc}, random weights. One no-grad forward costs "
         + ", ".join(f"{1000 * s:.1f} ms at batch {b}" for b, s in fwd_cost.items())
         + f" (median, torch.utils.benchmark). Reward: JPEG compressibility (flowrl.rewards.jpeg, "
-        f"{args.image_size}x{args.image_size} images). 1 prompt per iteration; engine max_batch {args.max_batch}; "
+        f"{args.image_size}x{args.image_size} images). 1 prompt per iteration (2 where the update splits the prompts: TempFlow-GRPO); engine max_batch {args.max_batch}; "
         f"the peer loop's batches: {peer_batches}; every time is the best of {args.repeats} interleaved runs "
         f"(flowrl iteration, peer iteration, ...). Precision: {rows[0]['precision'] if rows else 'fp32'}.",
         "",

@@ -15,7 +15,7 @@ from benchmarks.timing import TimedModel
 # the method's update rule: DanceGRPO steps every 4 samples and MixGRPO every 3 (G = 2: one
 # step); DenseGRPO once per rollout; Flow-GRPO twice per rollout (two half-batches); E-GRPO and
 # G²RPO once per branch point (2 of them).
-OPTIMIZER_STEPS = {"awm": 1, "diffusionnft": 1, "dancegrpo": 1, "densegrpo": 1, "egrpo": 2, "flowgrpo": 2, "g2rpo": 2, "grpo_guard": 2, "mixgrpo": 1}
+OPTIMIZER_STEPS = {"awm": 1, "branchgrpo": 2, "diffusionnft": 1, "dancegrpo": 1, "densegrpo": 1, "egrpo": 2, "flowgrpo": 2, "g2rpo": 2, "grpo_guard": 2, "tempflow_grpo": 2, "mixgrpo": 1}
 
 
 def test_bench_quick_tables_and_equal_nfe(tmp_path):
@@ -45,7 +45,7 @@ def test_bench_quick_tables_and_equal_nfe(tmp_path):
     for r in rows:
         # same work: the peer loop spends exactly the papers' NFE, the engine is charged it
         assert r["peer_evals"] == r["nfe_papers"] == r["engine_nfe_charged"], r["method"]
-        assert r["images"] == r["peer_reward_queries"] == r["reward_queries_per_prompt"]
+        assert r["images"] == r["peer_reward_queries"] == r["reward_queries_per_prompt"] * r["prompts"]
         assert r["reward_shape"] == r["peer_reward_shape"]
         assert 0 < r["forward_share"] <= 1 and r["rollout_s"] > 0 and r["peer_s"] > 0 and r["iteration_s"] >= r["rollout_s"]
         # both updates took the optimizer steps the method's rule gives (none skipped or merged)

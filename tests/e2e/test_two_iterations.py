@@ -16,6 +16,8 @@ RUNS = {
     "awm": (["method.levels.count=2", "method.levels.fraction=0.75"], 1),
     # train_nft_sd3.py: gradient_step_per_epoch 1 -> 1. int(4 * 0.5) = 2 levels per sample.
     "diffusionnft": (["method.levels.fraction=0.5"], 1),
+    # no code: Flow-GRPO's optimizer_steps_per_rollout 2 (its yaml's choice) -> 2.
+    "tempflow_grpo": ([], 2),
     # train_grpo_flux.py, one prompt per GPU (prompts_per_rank 1, so 2 emulated GPUs): each GPU
     # steps after every gradient_accumulation_steps of its G samples, the GPUs together: with 2,
     # after its samples {0, 1} and {2} -> ceil(3 / 2) = 2 (finetune_flux_grpo.sh: 12 / 4 = 3).

@@ -7,6 +7,7 @@ normalisation, loss, optimizer-step layout), intended or not. The independent re
 did not move. An intended change regenerates the file in the same commit, and the message says why:
 
     .venv/bin/python -m tests.golden.test_golden_values     # rewrites golden_values.json
+    .venv/bin/python -m tests.golden.test_golden_values awm  # rewrites one method's entry (a new variant)
 
 Sizes: each method's `smoke=true` shrink (its step scheduler's small_overrides: fewer steps, a
 smaller group; structure kept), 2 prompts, one iteration, 1 thread (the sums' order is fixed);
@@ -90,11 +91,12 @@ def test_golden_file_covers_every_method():
     assert sorted(json.loads(GOLDEN.read_text())) == sorted(config_options("method")) == sorted(METHODS)
 
 
-if __name__ == "__main__":  # regenerate
+if __name__ == "__main__":  # regenerate (all, or the methods named on the command line)
+    import sys
     import tempfile
 
-    values = {}
-    for m in METHODS:
+    values = json.loads(GOLDEN.read_text()) if sys.argv[1:] else {}
+    for m in sys.argv[1:] or METHODS:
         with tempfile.TemporaryDirectory() as d:
             values[m] = one_iteration(m, Path(d))
             print(m, values[m])
