@@ -5,6 +5,11 @@ config/dgx_awm.py (geneval_sd3_no_cfg_1node) @be51372 (method=awm); deviations:
   0 for PickScore) is not ported; 14 NFE per image either way;
 - the re-noising noise of every (sample, level) term is drawn at the rollout from the run's noise
   source (the script draws and stores it before training); the same distribution, seeded;
+- a level draw is shared by each block of `share_rows` consecutive samples of the rollout (rows
+  are prompt-major: 3 samples of one prompt); the script draws once per micro-batch after shuffling
+  the samples, so its micro-batches mix prompts. The same levels' distribution per sample;
+- `adv_scale` is its own knob (0.2 = advantage_max 1 / adv_clip_max 5): changing method.adv_clip
+  alone does not rescale it, as the script's ratio would;
 - the script skips its first two epochs (a comment blames a group-size bug): not emulated;
 - the evaluation EMA (0.99, every step) is the run's `method.ema`.
 
