@@ -55,7 +55,7 @@ def format_plan(plan, num_prompts: int = 1, iteration: int = 0, memory: dict | N
 
     b = plan.budget()
     info = plan.to_json(num_prompts)
-    jumps = " ".join(f"{j.start}->{j.stop}" for j in plan.jumps)
+    jumps = " ".join(f"{j.start}->{j.stop}" + (f" (w {j.loss_weight:.3g})" if j.loss_weight != 1 else "") for j in plan.jumps)
     trained = info["trained_step_indices"]
     lines = [
         f"method {plan.method} (iteration {iteration}): T={plan.num_steps}, G={plan.group_size}, trajectory={plan.trajectory}, "
