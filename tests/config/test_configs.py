@@ -44,6 +44,8 @@ def test_every_group_option_composes(make_cfg, rel):
 # one emulated GPU where the method accumulates per GPU), worked from conf/method/<m>.yaml and the
 # official scripts its comments name.
 METHOD_OPTIMIZER_STEPS = {
+    # flow_grpo config/grpo_guard.py: Flow-GRPO's gradient_accumulation_steps = num_batches_per_epoch // 2 -> 2
+    "grpo_guard": 2,
     # train_branchgrpo_flux.py: a step every 12 shuffled edges of a GPU's 2 trees: 2 x 218 = 436
     # edges -> 36 full steps + a remainder of 4 = 37 (tree_methods.md 1.5)
     "branchgrpo": 37,
@@ -79,6 +81,7 @@ EXPERIMENT_OPTIMIZER_STEPS = {
     "g2rpo_flux_hps": 8,  # one per SDE step (8)
     "shapes_world": 8,  # the default method, E-GRPO: one per branch point (8)
     "toy_awm": 1,
+    "toy_grpo_guard": 2,
     # T 16, splits 0,3,6,9 -> 16 leaves, edges per tree 2+2*2+4+4*2+8+8*2+16+16*6 = 154; 2 trees per
     # emulated GPU: 308 edges / 12 = 25 full steps + a remainder of 8 = 26
     "toy_branchgrpo": 26,
@@ -255,6 +258,7 @@ def test_method_configs_carry_the_official_values(make_cfg):
 # SD3 pipeline's FlowMatchEulerDiscreteScheduler (yifan123/flow_grpo sd3_pipeline_with_logprob.py@ac4c86e;
 # DenseGRPO builds on it). A new method: name its grid here.
 METHOD_SIGMA_GRIDS = {
+    "grpo_guard": "flow_match_euler",  # train_sd3_GRPO_Guard.py: the SD3 pipeline's scheduler
     "branchgrpo": "shifted_linspace",  # train_branchgrpo_flux.py: sd3_time_shift(linspace)
     "tempflow_grpo": "flow_match_euler",  # Flow-GRPO's base: the SD3 pipeline's scheduler
     "awm": "flow_match_euler",  # train_sd3_awm.py: the SD3 pipeline's scheduler

@@ -18,6 +18,11 @@ RUNS = {
     "diffusionnft": (["method.levels.fraction=0.5"], 1),
     # no code: Flow-GRPO's optimizer_steps_per_rollout 2 (its yaml's choice) -> 2.
     "tempflow_grpo": ([], 2),
+    # flow_grpo config/grpo_guard.py: Flow-GRPO's 2 per rollout -> 2.
+    "grpo_guard": ([], 2),
+    # train_branchgrpo_flux.py: T 4, splits 0, 2 -> 4 leaves, edges per tree 2 + 2 + 4 + 4 = 12; 2
+    # trees per emulated GPU (prompts_per_rank 2): 24 edges, a step every 12 -> 2.
+    "branchgrpo": (["method.group_size=4", "method.tree_splits=[0,2]"], 2),
     # train_grpo_flux.py, one prompt per GPU (prompts_per_rank 1, so 2 emulated GPUs): each GPU
     # steps after every gradient_accumulation_steps of its G samples, the GPUs together: with 2,
     # after its samples {0, 1} and {2} -> ceil(3 / 2) = 2 (finetune_flux_grpo.sh: 12 / 4 = 3).
