@@ -15,7 +15,19 @@ from benchmarks.timing import TimedModel
 # the method's update rule: DanceGRPO steps every 4 samples and MixGRPO every 3 (G = 2: one
 # step); DenseGRPO once per rollout; Flow-GRPO twice per rollout (two half-batches); E-GRPO and
 # G²RPO once per branch point (2 of them).
-OPTIMIZER_STEPS = {"awm": 1, "branchgrpo": 2, "diffusionnft": 1, "dancegrpo": 1, "densegrpo": 1, "egrpo": 2, "flowgrpo": 2, "g2rpo": 2, "grpo_guard": 2, "tempflow_grpo": 2, "mixgrpo": 1}
+OPTIMIZER_STEPS = {
+    "awm": 1,
+    "branchgrpo": 2,
+    "diffusionnft": 1,
+    "dancegrpo": 1,
+    "densegrpo": 1,
+    "egrpo": 2,
+    "flowgrpo": 2,
+    "g2rpo": 2,
+    "grpo_guard": 2,
+    "tempflow_grpo": 2,
+    "mixgrpo": 1,
+}
 
 
 def test_bench_quick_tables_and_equal_nfe(tmp_path):

@@ -276,7 +276,9 @@ def test_policy_copy_decay_rules(k):
 
 def test_policy_copy_decay_landmarks():
     awm = PolicyCopy("ema_kl", 1e-3, 0.3)
-    assert (awm.decay(0), awm.decay(1), awm.decay(100), awm.decay(300), awm.decay(10**6)) == pytest.approx((0, 0.001, 0.1, 0.3, 0.3))
+    assert (awm.decay(0), awm.decay(1), awm.decay(100), awm.decay(300), awm.decay(10**6)) == pytest.approx(
+        (0, 0.001, 0.1, 0.3, 0.3)
+    )
     nft2 = PolicyCopy("old", 7.5e-3, 0.999, delay=75)
     assert nft2.decay(74) == 0 and nft2.decay(75) == 0 and nft2.decay(76) == pytest.approx(0.0075)
     for bad in (dict(name="reference", rate=0, cap=0), dict(name="x", rate=-1, cap=0), dict(name="x", rate=0, cap=1)):

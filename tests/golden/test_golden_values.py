@@ -24,7 +24,19 @@ from pathlib import Path
 import pytest
 
 GOLDEN = Path(__file__).with_name("golden_values.json")
-METHODS = ("awm", "branchgrpo", "dancegrpo", "densegrpo", "diffusionnft", "egrpo", "flowgrpo", "g2rpo", "grpo_guard", "mixgrpo", "tempflow_grpo")
+METHODS = (
+    "awm",
+    "branchgrpo",
+    "dancegrpo",
+    "densegrpo",
+    "diffusionnft",
+    "egrpo",
+    "flowgrpo",
+    "g2rpo",
+    "grpo_guard",
+    "mixgrpo",
+    "tempflow_grpo",
+)
 # what is pinned: the iteration's metrics (flowrl.training.metrics / flowrl.engine.loss)
 KEYS = (
     "train/reward/geneval_clip",

@@ -117,7 +117,9 @@ def _score(images, prompts):
 
 def _small(**kw):
     # T 4, splits {0, 2}: widths 1 2 2 4 4; 12 edges per tree
-    base = dict(num_steps=4, group_size=4, tree_splits=(0, 2), update={"step_every": "edges", "edges_per_step": 5, "prompts_per_rank": 1})
+    base = dict(
+        num_steps=4, group_size=4, tree_splits=(0, 2), update={"step_every": "edges", "edges_per_step": 5, "prompts_per_rank": 1}
+    )
     return TreeStepScheduler(**{**base, **kw})
 
 
@@ -196,7 +198,9 @@ def _ref_advantages(leaves: torch.Tensor, widths: list[int]) -> list[torch.Tenso
     for n in widths:
         a = torch.zeros(p, n, dtype=torch.float64)
         for q in range(p):
-            r = torch.tensor([float(leaves[q, c * (g // n) : (c + 1) * (g // n)].double().mean()) for c in range(n)], dtype=torch.float64)
+            r = torch.tensor(
+                [float(leaves[q, c * (g // n) : (c + 1) * (g // n)].double().mean()) for c in range(n)], dtype=torch.float64
+            )
             if n > 1 and float(r.std()) >= 1e-6:
                 a[q] = (r - r.mean()) / (r.std() + 1e-8)
         out.append(a)

@@ -126,7 +126,7 @@ LEVEL_KINDS = ("permutation", "stratified")
 
 @dataclass(frozen=True)
 class LevelSchedule:
-    """"final" plans: the noise levels (sigma indices of plan.sigmas) each sample is re-noised at
+    """ "final" plans: the noise levels (sigma indices of plan.sigmas) each sample is re-noised at
     for its `count` training terms, x_sigma = (1 - sigma) x0 + sigma eps.
     "permutation": per sample the first `count` of a random permutation of 0..T-1 (DiffusionNFT);
     "stratified": one index drawn uniformly from each stratum [bounds[k], bounds[k+1]) of the
@@ -400,7 +400,9 @@ class StepPlan:
             raise ValueError("a tree plan has one root per prompt (same_initial_noise), no branches, no intermediate completions")
         u = self.update
         if u.per_sample is not None or u.step_every == "samples" or u.drop_zero_advantage:
-            raise ValueError("a tree plan trains whole jumps: no per-sample jumps, no step_every 'samples', no zero-advantage filter")
+            raise ValueError(
+                "a tree plan trains whole jumps: no per-sample jumps, no step_every 'samples', no zero-advantage filter"
+            )
 
     # ---- the tree ("tree" plans) ---------------------------------------------------------------
     def tree_widths(self) -> list[int]:
@@ -461,7 +463,7 @@ class StepPlan:
         return self.levels.count if self.trajectory == "final" else len(self.jumps)
 
     def level_table(self, num_prompts: int) -> torch.Tensor:
-        """"final" plans: [P*G, levels.count] long, the sigma index of every (sample, level) term."""
+        """ "final" plans: [P*G, levels.count] long, the sigma index of every (sample, level) term."""
         return self.levels.table(num_prompts * self.group_size, self.num_steps)
 
     def trained_mask(self, num_prompts: int) -> torch.Tensor:
@@ -551,7 +553,7 @@ class StepPlan:
         for r in range(num_prompts // u.prompts_per_rank):
             edges = []
             for j in jumps_in_order:
-                (m, k), per_prompt = layout[j], layout[j][0] // num_prompts
+                (_m, k), per_prompt = layout[j], layout[j][0] // num_prompts
                 lo, hi = r * u.prompts_per_rank * per_prompt, (r + 1) * u.prompts_per_rank * per_prompt
                 edges += [(j, row, c) for row in range(lo, hi) if mask[row, j] for c in range(k)]
             e = torch.tensor(edges, dtype=torch.long).view(-1, 3)
@@ -582,7 +584,7 @@ class StepPlan:
         return self.update.edges_per_step * self.trained_edges_per_prompt() * ranks
 
     def trained_edges_per_prompt(self) -> int:
-        """"tree" plans: the trained edges of one tree (jump j has n_{j+1} edges)."""
+        """ "tree" plans: the trained edges of one tree (jump j has n_{j+1} edges)."""
         n = self.tree_widths()
         return sum(n[j + 1] for j in self.update.trained)
 
@@ -725,7 +727,11 @@ class StepPlan:
             "policies": [c.to_dict() for c in self.policies],
             **({"sampler": self.sampler, "levels": self.levels.to_dict(), "cfg_scale": self.cfg_scale} if self.levels else {}),
             **(
-                {"tree_splits": list(self.tree_splits), "split_noise_scale": self.split_noise_scale, "tree_widths": self.tree_widths()}
+                {
+                    "tree_splits": list(self.tree_splits),
+                    "split_noise_scale": self.split_noise_scale,
+                    "tree_widths": self.tree_widths(),
+                }
                 if self.trajectory == "tree"
                 else {}
             ),

@@ -363,8 +363,18 @@ def _rollout_final(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource,
     level_noise = noise.steps(model, range(plan.levels.count), p, g).transpose(0, 1)  # [n, K, *latent]
     row_prompt = torch.arange(p).repeat_interleave(g)
     parts, images = ode_complete_and_score(
-        model, x.clone(), row_prompt, [(t,)], torch.zeros(x.shape[0], dtype=torch.long), sigmas, embeds,
-        prompts, score_fn, max_batch, counter, keep_images=keep_images,
+        model,
+        x.clone(),
+        row_prompt,
+        [(t,)],
+        torch.zeros(x.shape[0], dtype=torch.long),
+        sigmas,
+        embeds,
+        prompts,
+        score_fn,
+        max_batch,
+        counter,
+        keep_images=keep_images,
     )
     parts = {k: v.view(p, g) for k, v in parts.items()}
     return Rollout(prompts, g, embeds, sigmas, [], parts, images, counter.nfe, counter.forwards, x, level_noise)
@@ -414,8 +424,18 @@ def _rollout_tree(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, 
         leaves = x0.repeat_interleave(last.x_next.shape[1], 0)
     leaf_prompt = torch.arange(p).repeat_interleave(g)
     parts, images = ode_complete_and_score(
-        model, leaves.clone(), leaf_prompt, [(t,)], torch.zeros(leaves.shape[0], dtype=torch.long), sigmas, embeds,
-        prompts, score_fn, max_batch, counter, keep_images=keep_images,
+        model,
+        leaves.clone(),
+        leaf_prompt,
+        [(t,)],
+        torch.zeros(leaves.shape[0], dtype=torch.long),
+        sigmas,
+        embeds,
+        prompts,
+        score_fn,
+        max_batch,
+        counter,
+        keep_images=keep_images,
     )
     parts = {k: val.view(p, g) for k, val in parts.items()}
     return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)

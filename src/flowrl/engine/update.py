@@ -216,17 +216,35 @@ def _jump_index(plan, js) -> int:
 
 # ---- the forward-process family ("final" plans) --------------------------------------------------
 
+
 def _terms(objective, v, views_out: dict, x_t, x0, noise, sigma, adv):
     """The objective's [N] terms of one chunk, dispatched on the objective's type."""
     if isinstance(objective, NegativeAware):
         return negative_aware_terms(
-            v, views_out[objective.old], x_t, x0, sigma, adv, objective.beta, objective.adv_clip,
-            objective.kl_beta, views_out.get("reference"),
+            v,
+            views_out[objective.old],
+            x_t,
+            x0,
+            sigma,
+            adv,
+            objective.beta,
+            objective.adv_clip,
+            objective.kl_beta,
+            views_out.get("reference"),
         )
     if isinstance(objective, AdvantageWeightedMatching):
         return advantage_weighted_terms(
-            v, noise, x0, sigma, adv, objective.adv_scale, objective.power, objective.kl_ref_beta,
-            views_out.get("reference"), objective.kl_ema_beta, views_out.get(objective.ema),
+            v,
+            noise,
+            x0,
+            sigma,
+            adv,
+            objective.adv_scale,
+            objective.power,
+            objective.kl_ref_beta,
+            views_out.get("reference"),
+            objective.kl_ema_beta,
+            views_out.get(objective.ema),
         )
     raise TypeError(f"no forward-process terms for objective {type(objective).__name__}")
 
@@ -281,4 +299,3 @@ def _forward_process_update(model, plan, rollout: Rollout, advantages, step_fn, 
                 stats.skipped.append(cause)
             stats.terms += n_terms
     return stats
-

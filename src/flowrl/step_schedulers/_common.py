@@ -230,7 +230,9 @@ class FinalSamples(StepScheduler):
         if kind == "stratified":
             lo, hi = int(cfg.pop("lo")), int(self.num_steps * fraction)
             if hi - lo < count:
-                raise ValueError(f"{count} level strata need int(T * fraction) - lo >= {count}, got {hi} - {lo} at T {self.num_steps}")
+                raise ValueError(
+                    f"{count} level strata need int(T * fraction) - lo >= {count}, got {hi} - {lo} at T {self.num_steps}"
+                )
             bounds = tuple(int(b) for b in torch.linspace(lo, hi, count + 1).tolist())
             out = LevelSchedule(kind, count, bounds, int(cfg.pop("share_rows", 1)), seed)
         else:

@@ -53,8 +53,16 @@ class AdvantageWeightedStepScheduler(FinalSamples):
     run_name_knobs = {"power": lambda v, m: f"p{v:g}"}
     small_overrides = ("method.num_steps=4", "method.group_size=2", "method.levels.count=2", "method.levels.fraction=0.75")
 
-    def __init__(self, power: float = 0.25, adv_scale: float = 0.2, kl_beta: float = 1e-3, kl_ema_beta: float = 1.0,
-                 ema_kl_rate: float = 1e-3, ema_kl_cap: float = 0.3, **kwargs):
+    def __init__(
+        self,
+        power: float = 0.25,
+        adv_scale: float = 0.2,
+        kl_beta: float = 1e-3,
+        kl_ema_beta: float = 1.0,
+        ema_kl_rate: float = 1e-3,
+        ema_kl_cap: float = 0.3,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.power, self.adv_scale = float(power), float(adv_scale)
         self.kl_beta, self.kl_ema_beta = float(kl_beta), float(kl_ema_beta)

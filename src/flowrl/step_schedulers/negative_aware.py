@@ -48,8 +48,15 @@ class NegativeAwareStepScheduler(FinalSamples):
     run_name_knobs = {"beta": lambda v, m: f"beta{v:g}"}
     small_overrides = ("method.num_steps=4", "method.group_size=2", "method.levels.fraction=0.5")
 
-    def __init__(self, beta: float = 1.0, kl_beta: float = 1e-4, old_decay_rate: float = 1e-3,
-                 old_decay_cap: float = 0.5, old_decay_delay: int = 0, **kwargs):
+    def __init__(
+        self,
+        beta: float = 1.0,
+        kl_beta: float = 1e-4,
+        old_decay_rate: float = 1e-3,
+        old_decay_cap: float = 0.5,
+        old_decay_delay: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.beta, self.kl_beta = float(beta), float(kl_beta)
         self.old = PolicyCopy("old", float(old_decay_rate), float(old_decay_cap), int(old_decay_delay), samples=True)

@@ -108,13 +108,17 @@ class TreeKnobs(Knobs):
         if not self.tree_splits or max(self.tree_splits) >= t:
             raise KnobError("method.tree_splits", self.tree_splits, f"at least one split, each within 0..num_steps - 1 ({t - 1})")
         if method["group_size"] != 2 ** len(self.tree_splits):
-            raise KnobError("method.group_size", method["group_size"], f"2^len(tree_splits) = {2 ** len(self.tree_splits)} leaves")
+            raise KnobError(
+                "method.group_size", method["group_size"], f"2^len(tree_splits) = {2 ** len(self.tree_splits)} leaves"
+            )
         if self.step_every == "edges":
             check_whole_ranks(self.prompts_per_rank, train)
         elif self.normalizer == "fixed":
             raise KnobError("method.normalizer", self.normalizer, "'fixed' goes with step_every=edges")
         if self.fusion != "mean":
-            raise KnobError("method.fusion", self.fusion, "mean (prob_weighted needs the edges' log-probs, not handed to advantages)")
+            raise KnobError(
+                "method.fusion", self.fusion, "mean (prob_weighted needs the edges' log-probs, not handed to advantages)"
+            )
 
 
 class TreeStepScheduler(StepScheduler):

@@ -196,7 +196,9 @@ def save_checkpoint(
         torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         if module.ema is not None:
             save_file({str(i): s.contiguous() for i, s in enumerate(module.ema.shadow)}, str(tmp / "ema.safetensors"))
-        if getattr(module, "copies", None) is not None and module.copies.shadow:  # the plan's policy copies (DiffusionNFT's old policy, AWM's KL EMA)
+        if (
+            getattr(module, "copies", None) is not None and module.copies.shadow
+        ):  # the plan's policy copies (DiffusionNFT's old policy, AWM's KL EMA)
             save_file(module.copies.state_dict(), str(tmp / "policies.safetensors"))
         save_file(
             {"module_generator": module.generator.get_state(), "torch": torch.get_rng_state()},
