@@ -35,6 +35,9 @@ NaNReward
 KnobbedStepScheduler
 OtherStepScheduler
 PlainStepScheduler
+# step schedulers named only by their yaml's _target_ (the forward-process variants' classes)
+AdvantageWeightedStepScheduler
+NegativeAwareStepScheduler
 pytestmark
 # Lightning hooks flowrl replaces or overrides (flowrl.training.run_control.own_signals, console.progress_bar)
 _.register_signal_handlers
