@@ -344,6 +344,26 @@ def _rollout_anchor(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource
     return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
 
 
+def _score_samples(model, x, group_size, sigmas, embeds, prompts, score_fn, max_batch, counter, keep_images):
+    """Decode and score final samples x [P*G, *latent] (prompt-major, no further steps): ({part: [P, G]}, images)."""
+    p = len(prompts)
+    parts, images = ode_complete_and_score(
+        model,
+        x.clone(),
+        torch.arange(p).repeat_interleave(group_size),
+        [(len(sigmas) - 1,)],
+        torch.zeros(x.shape[0], dtype=torch.long),
+        sigmas,
+        embeds,
+        prompts,
+        score_fn,
+        max_batch,
+        counter,
+        keep_images=keep_images,
+    )
+    return {k: v.view(p, group_size) for k, v in parts.items()}, images
+
+
 def _rollout_final(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, max_batch, keep_images) -> Rollout:
     """G deterministic generations per prompt with the plan's sampler (P*G*T NFE), the final
     samples scored; keeps x0 and the re-noising noise of every (sample, level) term, drawn here
@@ -361,22 +381,7 @@ def _rollout_final(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource,
         v = _velocities(model, x, sigmas[i], row_embeds, max_batch, counter)
         x = solver.step(x, v, i) if solver is not None else ode_step(x, v, sigmas[i], sigmas[i + 1])
     level_noise = noise.steps(model, range(plan.levels.count), p, g).transpose(0, 1)  # [n, K, *latent]
-    row_prompt = torch.arange(p).repeat_interleave(g)
-    parts, images = ode_complete_and_score(
-        model,
-        x.clone(),
-        row_prompt,
-        [(t,)],
-        torch.zeros(x.shape[0], dtype=torch.long),
-        sigmas,
-        embeds,
-        prompts,
-        score_fn,
-        max_batch,
-        counter,
-        keep_images=keep_images,
-    )
-    parts = {k: v.view(p, g) for k, v in parts.items()}
+    parts, images = _score_samples(model, x, g, sigmas, embeds, prompts, score_fn, max_batch, counter, keep_images)
     return Rollout(prompts, g, embeds, sigmas, [], parts, images, counter.nfe, counter.forwards, x, level_noise)
 
 
@@ -422,22 +427,7 @@ def _rollout_tree(model, plan: StepPlan, prompts, score_fn, noise: NoiseSource, 
     else:
         x0 = predict_x0(last.x, v, sigmas[t - 1]).to(last.x.dtype)
         leaves = x0.repeat_interleave(last.x_next.shape[1], 0)
-    leaf_prompt = torch.arange(p).repeat_interleave(g)
-    parts, images = ode_complete_and_score(
-        model,
-        leaves.clone(),
-        leaf_prompt,
-        [(t,)],
-        torch.zeros(leaves.shape[0], dtype=torch.long),
-        sigmas,
-        embeds,
-        prompts,
-        score_fn,
-        max_batch,
-        counter,
-        keep_images=keep_images,
-    )
-    parts = {k: val.view(p, g) for k, val in parts.items()}
+    parts, images = _score_samples(model, leaves, g, sigmas, embeds, prompts, score_fn, max_batch, counter, keep_images)
     return Rollout(prompts, g, embeds, sigmas, jump_sets, parts, images, counter.nfe, counter.forwards)
 
 

@@ -124,16 +124,21 @@ def policy_update(
                 stats.rows += rows.numel()
                 if o == 0:
                     first_ratios.append(float(res.ratio_mean) * n)
-        # "empty": no term here (every row filtered); under DDP the other ranks may still step
-        cause = step_fn(bad if bad is not None else "empty" if n_terms == 0 else None)
-        if cause is None:
-            stats.optimizer_steps += 1
-        elif cause != "empty":
-            stats.skipped.append(cause)
-        stats.terms += n_terms
+        _step(stats, step_fn, bad, n_terms)
         if o == 0 and n_terms and first_ratios:
             stats.first_step_ratio_mean = sum(first_ratios) / n_terms
     return stats
+
+
+def _step(stats: UpdateStats, step_fn, bad: str | None, n_terms: int) -> None:
+    """The optimizer step after its terms: applied, or dropped for `bad` (a non-finite value), or
+    "empty" (no term here: every row filtered; under DDP the other ranks may still step)."""
+    cause = step_fn(bad if bad is not None else "empty" if n_terms == 0 else None)
+    if cause is None:
+        stats.optimizer_steps += 1
+    elif cause != "empty":
+        stats.skipped.append(cause)
+    stats.terms += n_terms
 
 
 def _check_inputs(rollout: Rollout, advantages: list[torch.Tensor], loss: LossConfig, reference_mean) -> None:
@@ -292,10 +297,5 @@ def _forward_process_update(model, plan, rollout: Rollout, advantages, step_fn, 
                     backward(res.loss.sum() / n_terms)
                     stats.metrics.append(res.metrics())
                     stats.rows += rows.numel()
-            cause = step_fn(bad if bad is not None else "empty" if n_terms == 0 else None)
-            if cause is None:
-                stats.optimizer_steps += 1
-            elif cause != "empty":
-                stats.skipped.append(cause)
-            stats.terms += n_terms
+            _step(stats, step_fn, bad, n_terms)
     return stats
