@@ -100,7 +100,7 @@ def policy_update(
     # with the zero-advantage filter the kept rows are split into the steps (flow_grpo filters, then
     # batches); where nothing is dropped these are the plan's own steps, the rollout's chunks
     steps = plan.optimizer_steps(rollout.num_prompts, None if keep is None or bool(keep.all()) else keep)
-    fixed = getattr(plan, "loss_denominator", lambda p: None)(rollout.num_prompts)  # "fixed": sum / this, else the step's mean
+    fixed = plan.loss_denominator(rollout.num_prompts)  # "fixed": sum / this, else the step's mean
     for o, step in enumerate(steps):
         k_of = {b.jump: rollout.jump_sets[b.jump].x_next.shape[1] for b in step}
         n_terms = sum(_block_terms(keep, b, k_of[b.jump]) for b in step)
@@ -115,7 +115,8 @@ def policy_update(
                     kept = kept & block.successors[sl].flatten()
                 if bad is not None or not kept.any():
                     continue
-                res, bad = _chunk_loss(model, plan, rollout, js, rows, kept, adv, loss, reference_mean)
+                weight = plan.jumps[block.jump].loss_weight
+                res, bad = _chunk_loss(model, plan, rollout, js, rows, kept, adv, loss, reference_mean, weight)
                 if bad is not None:
                     continue
                 n = int(kept.sum())
@@ -151,9 +152,21 @@ def _check_inputs(rollout: Rollout, advantages: list[torch.Tensor], loss: LossCo
         raise ValueError("kl_beta > 0 needs reference_mean")
 
 
-def _chunk_loss(model, plan, rollout: Rollout, js, rows: torch.Tensor, kept: torch.Tensor, adv, loss: LossConfig, reference_mean):
+def _chunk_loss(
+    model,
+    plan,
+    rollout: Rollout,
+    js,
+    rows: torch.Tensor,
+    kept: torch.Tensor,
+    adv,
+    loss: LossConfig,
+    reference_mean,
+    weight: float,
+):
     """(GRPO loss of one chunk's kept terms, None), or (None, cause) for a non-finite log-prob or
-    loss. The whole chunk goes through the forward: the rollout's batch, so the ratio is 1."""
+    loss. The whole chunk goes through the forward: the rollout's batch, so the ratio is 1.
+    `weight`: the jump's loss_weight on the policy terms."""
     idx = rows.to(js.log_prob.device)
     out = jump_log_prob(model, rollout, js, rows)
     if not torch.isfinite(out.log_prob).all():
@@ -176,7 +189,7 @@ def _chunk_loss(model, plan, rollout: Rollout, js, rows: torch.Tensor, kept: tor
         loss.clip_eps,
         adv_clip=loss.adv_clip,
         kl_beta=loss.kl_beta,
-        weight=plan.jumps[_jump_index(plan, js)].loss_weight,
+        weight=weight,
         **kl,
     )
     if not torch.isfinite(res.loss):
@@ -210,13 +223,6 @@ def _per_term(t: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     if t.numel() == 1:
         return t.reshape(())
     return t.reshape(t.shape[0], -1)[:, 0][kept]
-
-
-def _jump_index(plan, js) -> int:
-    for j, jump in enumerate(plan.jumps):
-        if (jump.start, jump.stop) == (js.start, js.stop):
-            return j
-    raise ValueError(f"jump set {js.start}->{js.stop} is not a jump of the plan")
 
 
 # ---- the forward-process family ("final" plans) --------------------------------------------------
