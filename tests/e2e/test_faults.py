@@ -13,20 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.runs import SMALL as RUN_SMALL
+
 REPO = Path(__file__).resolve().parents[2]
 # the reward classes of tests/fault_helpers.py, as a subprocess finds them (the repository on its path)
 HELPERS = "tests.fault_helpers"
 PY = sys.executable
 TIMING = ("perf/rollout_s", "perf/iteration_s", "perf/wall_total")  # the only metrics a rerun may change
 
+# tests/runs.py's sizes, longer: 4 iterations with an evaluation every 2 (a resume has one to cross)
+# and no periodic checkpoint (each test sets the one it needs)
 SMALL = [
+    *(a for a in RUN_SMALL if not a.startswith(("train.iterations", "trainer.val_check_interval"))),
     "train.iterations=4",
-    "train.prompts_per_step=2",
-    "method.group_size=3",
-    "method.num_steps=4",
-    "val.samples_per_prompt=1",
-    "val.max_prompts=18",
-    "val.num_steps=4",
     "trainer.val_check_interval=2",
     "train.checkpoint_every=0",
 ]

@@ -294,10 +294,12 @@ def per_category(specs: Sequence[Spec], n: int) -> list[str]:
     by_cat: dict[str, list[Spec]] = {}
     for s in specs:
         by_cat.setdefault(s.category, []).append(s)
+    from flowrl.data.prompts import evenly_spaced
+
     out = []
     for group in by_cat.values():
         k = len(group)
-        out += [group[i % k].prompt if k <= n else group[i * k // n].prompt for i in range(n)]
+        out += [group[i % k].prompt for i in range(n)] if k <= n else [s.prompt for s in evenly_spaced(group, n)]
     return out
 
 

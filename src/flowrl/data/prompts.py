@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -16,6 +19,14 @@ class PromptData:
             raise ValueError("prompt data: the train set is empty")
         if not self.val:
             raise ValueError("prompt data: the val set is empty")
+
+
+def evenly_spaced(items: Sequence[T], n: int) -> list[T]:
+    """n of items at evenly spaced positions (items[i * len // n]), in order; all of them when
+    n >= len. The one rule for a run's held-out subset (val.max_prompts, flowrl.training.build) and a
+    world's held-out entries per category (flowrl.data.geneval.per_category)."""
+    k = len(items)
+    return list(items) if n >= k else [items[i * k // n] for i in range(n)]
 
 
 def shapes_prompts(train_split: str = "train", val_split: str = "heldout") -> PromptData:

@@ -72,9 +72,9 @@ def held_out_prompts(prompts: list[str], max_prompts: int | None) -> list[str]:
     """All held-out prompts, or `val.max_prompts` of them evenly spaced through the list (which
     the worlds order category by category, so each category keeps about its share; one with fewer
     prompts than the spacing may drop out): the same subset for every method and seed."""
-    if max_prompts is None or max_prompts >= len(prompts):
-        return list(prompts)
-    return [prompts[i * len(prompts) // max_prompts] for i in range(max_prompts)]
+    from flowrl.data.prompts import evenly_spaced
+
+    return list(prompts) if max_prompts is None else evenly_spaced(prompts, max_prompts)
 
 
 def calibration_prompts(data, cfg: DictConfig) -> list[str]:
