@@ -75,3 +75,13 @@ def test_prompt_data(tmp_path):
         read_prompt_file(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match="train set is empty"):
         PromptData(train=[], val=["x"])
+
+
+def test_evenly_spaced_picks_items_at_i_times_len_over_n():
+    # worked by hand: 10 items, n 4 -> positions 0, 10//4=2, 20//4=5, 30//4=7
+    from flowrl.data.prompts import evenly_spaced
+
+    items = list("abcdefghij")
+    assert evenly_spaced(items, 4) == ["a", "c", "f", "h"]
+    assert evenly_spaced(items, 10) == items and evenly_spaced(items, 99) == items
+    assert evenly_spaced(items, 1) == ["a"] and evenly_spaced(items, 0) == []
