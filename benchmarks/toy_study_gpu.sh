@@ -49,9 +49,12 @@ start=$(date +%s)
 cd "$WORK"  # Hydra's multirun/ and MLflow's ./mlruns land here
 setsid bash "$ROOT/sweeps/toy_benchmark.sh" "${EXTRA[@]}" >"$OUT/sweep.log" 2>&1 &
 sweep=$!
-( sleep "$DEADLINE_S" && kill -TERM -- "-$sweep" 2>/dev/null && echo "toy_study_gpu: deadline ${DEADLINE_S}s: sweep stopped" >>"$OUT/sweep.log" ) &
+# (its output goes nowhere: a sleep left holding this script's stdout would keep a caller reading
+# the pipe, e.g. the tests, waiting the full deadline after the sweep has ended)
+( sleep "$DEADLINE_S" && kill -TERM -- "-$sweep" 2>/dev/null && echo "toy_study_gpu: deadline ${DEADLINE_S}s: sweep stopped" >>"$OUT/sweep.log" ) >/dev/null 2>&1 &
 watchdog=$!
 wait "$sweep" || echo "toy_study_gpu: the sweep ended with status $? (see $OUT/sweep.log)"
+pkill -P "$watchdog" sleep 2>/dev/null || true  # the watchdog's sleep first, then the watchdog
 kill "$watchdog" 2>/dev/null || true
 echo "toy_study_gpu: sweep $(($(date +%s) - start)) s; $(grep -c 'MLflow run' "$OUT/sweep.log" || true) runs finished"
 
