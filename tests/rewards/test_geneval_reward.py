@@ -264,3 +264,79 @@ def test_colour_pairs_far_apart():
     rgb = np.array([BACKGROUND, *COLORS.values()])
     dists = [np.linalg.norm(a - b) for a, b in itertools.combinations(rgb, 2)]
     assert min(dists) > 0.5
+
+
+# ---- score: partial, Flow-GRPO's training reward (yifan123/reward-server gen_eval.py
+# `evaluate_reward`@92ac29f: a list of per-check terms, their mean) ----------------------------
+def _det(color, shape, x0, y0, size=8):
+    w, h = {"bar": (size, size // 2), "square": (size, size), "pillar": (size // 2, size)}[shape]
+    return Detection(color, shape, x0, y0, x0 + w, y0 + h, w * h)
+
+
+def test_partial_score_hand_worked():
+    from flowrl.data.geneval import parse
+    from flowrl.rewards.geneval import partial_score
+
+    def ps(prompt, *dets):
+        return partial_score(parse(prompt), list(dets))
+
+    # counting, "three green pillars": presence 1 - |3 - n| / 3, then (n == 3) colour 1 - |3 - n_green| / 3
+    three = "three green pillars"
+    assert ps(three) == pytest.approx((0 + 0) / 2)  # none: [1 - 3/3, 0 for the colour it cannot check]
+    assert ps(three, _det("green", "pillar", 0, 0), _det("green", "pillar", 16, 0)) == pytest.approx((2 / 3 + 0) / 2)
+    g3 = [_det("green", "pillar", 0, 0), _det("green", "pillar", 16, 0), _det("red", "pillar", 0, 16)]
+    assert ps(three, *g3) == pytest.approx((1 + 2 / 3) / 2)  # [1, 1 - |3 - 2| / 3]
+    # past twice the count the presence term is negative, as the server's (count 1, 3 found: 1 - 2)
+    ones = [_det("green", "pillar", x, y) for x, y in ((0, 0), (16, 0), (0, 16))]
+    assert ps("one green pillar", *ones) == pytest.approx((-1 + 0) / 2)
+    # colors, "a purple square": presence, then the largest square's colour
+    assert ps("a purple square", _det("red", "square", 0, 0)) == pytest.approx(0.5)
+    assert ps("a purple square", _det("red", "square", 0, 0, 6), _det("purple", "square", 16, 16, 10)) == 1.0
+    # single / two objects: one presence term each, no colour
+    assert ps("a bar and a square", _det("red", "bar", 0, 0)) == pytest.approx(0.5)
+    # color_attr, "a red bar and a blue square": [bar 1, red 1, square 1, blue 0]
+    assert ps("a red bar and a blue square", _det("red", "bar", 0, 0), _det("red", "square", 16, 16)) == pytest.approx(3 / 4)
+    # position, "a red bar left of a blue square": the reference (square) first, then the subject
+    rel = "a red bar left of a blue square"
+    bar, square = _det("red", "bar", 0, 8), _det("blue", "square", 20, 8)
+    assert ps(rel, bar, square) == 1.0  # [1, 1, 1, 1, 1]
+    # mirrored: the relation's 0 and then the server's unconditional 1 -> [1, 1, 1, 1, 0, 1]
+    assert ps(rel, _det("red", "bar", 20, 8), _det("blue", "square", 0, 8)) == pytest.approx(5 / 6)
+    # the reference in the wrong colour: [square 1, blue 0, bar 1, red 1, no target 0]
+    assert ps(rel, bar, _det("green", "square", 20, 8)) == pytest.approx(3 / 5)
+    # the subject in the wrong colour: its relation is not checked: [1, 1, bar 1, red 0]
+    assert ps(rel, _det("white", "bar", 0, 8), square) == pytest.approx(3 / 4)
+    # the subject missing: one 0 for what it would have been checked on: [1, 1, 0, 0]
+    assert ps(rel, square) == pytest.approx(2 / 4)
+
+
+def test_partial_is_one_exactly_when_the_verdict_is():
+    # on the world's renderings (all 1) and on renderings that break a check (strict 0, partial < 1)
+    specs = all_specs()[::5]
+    partial = GenEvalReward(score="partial")
+    prompts = [s.prompt for s in specs]
+    assert torch.equal(partial(render_batch(specs, seed=3), prompts), torch.ones(len(specs)))
+    broken = torch.from_numpy(np.stack([render(mirrored(s), i) for i, s in enumerate(specs) if s.category == "position"]))
+    pos = [s.prompt for s in specs if s.category == "position"]
+    scores = partial(broken, pos)
+    assert (scores < 1).all() and (scores > 0).all() and not REWARD(broken, pos).any()
+    # accuracies stay GenEval's strict verdict under either score
+    assert torch.equal(partial.category_scores(broken, pos)["position"], REWARD.category_scores(broken, pos)["position"])
+
+
+def test_training_trains_on_partial_and_every_evaluation_reads_the_verdict(make_cfg):
+    # Flow-GRPO trains on the server's `scores` (partial) and reports strict accuracy: reward=geneval
+    # is the former, every evaluating config the latter
+    from hydra.utils import instantiate
+
+    train = make_cfg()
+    assert instantiate(train.reward).mode == "partial"
+    assert instantiate(train.eval_rewards.geneval).mode == "strict"
+    assert make_cfg("eval_protocol=toy_geneval").eval_protocol.rewards.geneval.score == "strict"
+    assert make_cfg(config_name="evaluate").protocol.rewards.geneval.score == "strict"
+    assert make_cfg(config_name="sample").rewards.geneval.score == "strict"
+
+
+def test_score_mode_is_checked():
+    with pytest.raises(ValueError, match="score must be strict or partial"):
+        GenEvalReward(score="soft")

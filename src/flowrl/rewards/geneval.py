@@ -29,6 +29,12 @@ stray fragments), and a position holds between the largest object of each named 
 its named colour. Counting counts every object of the shape, as GenEval does, and (the prompt
 naming a colour, which GenEval's do not) each must carry it.
 
+Two scores (`score`): "strict", GenEval's verdict above (the benchmark's number, and what
+`category_scores` always reports), and "partial", the training reward of Flow-GRPO's GenEval
+setup: its reward server's `evaluate_reward` (yifan123/reward-server reward_server/gen_eval.py
+@92ac29f, which flow_grpo's scripts/train_sd3.py trains on as `scores`), the mean of one term per
+check, so an image that passes some checks earns part of the reward (`partial_score`).
+
 `components()` is {"geneval": score}: the training path keys per-reward weights by component
 name (flowrl.contract.advantages), so per-category numbers come from `category_scores` instead.
 """
@@ -149,24 +155,90 @@ def correct(spec: Spec, objects: list[Detection]) -> bool:
     return cat != "position" or spec.relation in relations(*tops)
 
 
+def partial_score(spec: Spec, objects: list[Detection]) -> float:
+    """Flow-GRPO's partial GenEval reward (reward-server gen_eval.py `evaluate_reward`) on this
+    world: the mean of one term per check, in the server's order and with its rules
+      - per named object: a presence term, 1 - |n - count| / count for counting (negative past
+        twice the count, as the server's), else 1 when the shape is found at all (the world's
+        verdict reads the largest object, GenEval's top box, so one is enough);
+      - found as asked: its colour term, 1 - |n_colour - count| / count (counting: every object of
+        the shape; otherwise the largest one's colour, 1 or 0); not found: one 0 for the colour or
+        relation it would have been checked on;
+      - the relation's subject (objects[0], checked after objects[1], its reference, as GenEval's
+        metadata lists them), found and in its colour: 1 when the relation holds; when it does
+        not, 0 and then 1 (the server appends 1.0 after its relation loop whether or not the loop
+        failed: kept, it is the reward Flow-GRPO trained on); 0 when the reference was not matched.
+    Equals 1 exactly when `correct` holds (tests/rewards/test_geneval_reward.py)."""
+    cat = spec.category
+    # the server walks GenEval's metadata order: a position prompt lists the reference first
+    order = (1, 0) if cat == "position" else tuple(range(len(spec.objects)))
+    terms: list[float] = []
+    matched: dict[int, Detection | None] = {}
+    for i in order:
+        o = spec.objects[i]
+        found = [d for d in objects if d.shape == o.shape]
+        checks_more = o.color is not None or (cat == "position" and i == 0)
+        if cat == "counting":
+            terms.append(1 - abs(o.count - len(found)) / o.count)
+            ok = len(found) == o.count
+        else:
+            terms.append(float(bool(found)))
+            ok = bool(found)
+        if not ok:
+            if checks_more:
+                terms.append(0.0)
+            matched[i] = None
+            continue
+        if o.color is not None:
+            if cat == "counting":
+                n_color = sum(d.color == o.color for d in found)
+            else:
+                n_color = int(top(found, o.shape).color == o.color)
+            terms.append(1 - abs(o.count - n_color) / o.count)
+            ok = n_color == o.count
+        if cat == "position" and i == 0 and ok:
+            ref = matched.get(1)
+            if ref is None:
+                terms.append(0.0)
+                ok = False
+            else:
+                if spec.relation not in relations(top(found, o.shape), ref):
+                    terms.append(0.0)
+                    ok = False
+                terms.append(1.0)  # the server's unconditional append after its relation loop
+        matched[i] = top(found, o.shape) if ok else None
+    return sum(terms) / len(terms)
+
+
 class GenEvalReward(RewardModel):
-    """1 if the image passes every check of its prompt's GenEval category, else 0."""
+    """score "strict": 1 if the image passes every check of its prompt's GenEval category, else 0;
+    "partial": Flow-GRPO's training reward, the mean of the checks' terms (`partial_score`)."""
 
     name = "geneval"
 
-    def __init__(self, min_area: int = 16):
+    def __init__(self, min_area: int = 16, score: str = "strict"):
         super().__init__()
+        if score not in ("strict", "partial"):
+            raise ValueError(f"reward geneval: score must be strict or partial, got {score!r}")
         self.min_area = min_area
+        self.mode = score
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         specs = [parse(p) for p in prompts]  # first: a prompt outside the world fails before any work
         found = detect(images, self.min_area)
-        return torch.tensor([float(correct(s, objs)) for s, objs in zip(specs, found, strict=True)])
+        rule = correct if self.mode == "strict" else partial_score
+        return torch.tensor([float(rule(s, objs)) for s, objs in zip(specs, found, strict=True)])
+
+    def verdicts(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """[B] GenEval's strict verdict (1 / 0) whatever `score` is: what its accuracies count."""
+        specs = [parse(p) for p in prompts]
+        return torch.tensor([float(correct(s, objs)) for s, objs in zip(specs, detect(images, self.min_area), strict=True)])
 
     def category_scores(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """{category: [B]}: an image's score under its prompt's category, NaN under the others (so
-        nanmean gives the category's accuracy in this batch; `summarize` does)."""
-        scores, cats = self(images, prompts), self.categories(prompts)
+        """{category: [B]}: an image's strict verdict under its prompt's category, NaN under the
+        others (so nanmean gives the category's accuracy in this batch; `summarize` does): GenEval's
+        accuracies, with either `score`."""
+        scores, cats = self.verdicts(images, prompts), self.categories(prompts)
         return {c: torch.where(torch.tensor([x == c for x in cats]), scores, torch.nan) for c in CATEGORIES}
 
     def categories(self, prompts: list[str]) -> list[str]:
