@@ -440,3 +440,23 @@ def test_per_category_table_when_the_ground_truth_is_a_category_overall(tmp_path
         "cats", metric="val/reward/geneval", by=["method.name"], out_dir=tmp_path / "o2", tracking_uri=uri, log_summary=False
     )
     assert "## Per category" not in other["markdown"]
+
+
+def test_proxy_vs_truth_reads_the_runs_ground_truth_tag(tmp_path):
+    # the compositional world's runs: trained on the learned proxy, judged by the tag's metric
+    # (val/category/geneval/overall); the plot's truth is that metric, not the shapes world's key
+    from flowrl.analysis import compare
+
+    uri, client = _store(tmp_path)
+    exp = client.create_experiment("proxy", artifact_location=str(tmp_path / "artifacts"))
+    truth = "val/category/geneval/overall"
+    for seed, (proxy_end, truth_end) in enumerate([(0.60, 0.18), (0.62, 0.17)]):
+        curves = {truth: [(0, 0.19), (10, truth_end)], "val/reward/tiny_clip": [(0, 0.55), (10, proxy_end)]}
+        _run(client, exp, f"s{seed}", {"seed": str(seed)}, curves, tags={"ground_truth": truth})
+    result = compare("proxy", tracking_uri=uri, out_dir=tmp_path / "cmp", log_summary=False)
+    assert result["metric"] == truth
+    values = result["runs"]  # the trained reward is tiny_clip (each run's train/reward/tiny_clip)
+    assert sorted(values["truth Δ"].round(6)) == [-0.02, -0.01]
+    assert sorted(values["proxy Δ"].round(6)) == [0.05, 0.07]
+    assert (tmp_path / "cmp" / "proxy_vs_truth.png").exists()
+    assert f"Δ trained reward against Δ `{truth}`" in result["markdown"]

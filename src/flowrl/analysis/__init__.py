@@ -134,6 +134,6 @@ def _plot(out: Path, values, table, keys, curves, x_is_nfe: bool, metric: str) -
         if key != "method.name":
             plot_ablation(out / f"ablation_{short(key)}.png", values, keys, key, metric)
             files.append(out / f"ablation_{short(key)}.png")
-    if plot_proxy_vs_truth(out / "proxy_vs_truth.png", values, keys):
+    if plot_proxy_vs_truth(out / "proxy_vs_truth.png", values, keys, metric):
         files.append(out / "proxy_vs_truth.png")
     return files

@@ -21,9 +21,8 @@ legend and the title.
 
 from __future__ import annotations
 
-from flowrl.analysis.runs import GROUND_TRUTH
 from flowrl.analysis.stats import as_float, mean_ci
-from flowrl.analysis.tables import group_iter, short
+from flowrl.analysis.tables import group_iter, has_proxy_points, short
 
 
 def _pyplot():
@@ -247,9 +246,9 @@ def plot_ablation(path, values, keys, key, metric) -> dict:
     return {"offsets": shift, "coinciding": same, "error_bars": bars, "baseline": before}
 
 
-def plot_proxy_vs_truth(path, values, keys) -> bool:
-    """Δ trained reward vs Δ ground truth per run; False (no file) when no run has both."""
-    if "proxy Δ" not in values.columns or "truth Δ" not in values.columns:
+def plot_proxy_vs_truth(path, values, keys, metric: str) -> bool:
+    """Δ trained reward vs Δ ground truth (`metric`) per run; False (no file) when no run has both."""
+    if not has_proxy_points(values):
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -264,7 +263,7 @@ def plot_proxy_vs_truth(path, values, keys) -> bool:
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel(f"Δ trained reward ({', '.join(proxies) or '?'}), first -> last evaluation")
-    ax.set_ylabel(f"Δ ground truth ({GROUND_TRUTH})")
+    ax.set_ylabel(f"Δ ground truth ({metric})")
     ax.set_title("proxy vs ground truth, one point per run\n(right of 0 and below 0: reward hacking)")
     if keys:
         ax.legend(fontsize="small")

@@ -174,8 +174,8 @@ def run_values(client, finished, metric: str):
                 first, last = (hist[0][1], hist[-1][1]) if hist else (math.nan, math.nan)
             out.loc[idx, "proxy key"] = key
             out.loc[idx, "proxy Δ"] = last - first
-        if f"{GROUND_TRUTH} last" in out.columns:
-            out.loc[idx, "truth Δ"] = out.loc[idx, f"{GROUND_TRUTH} last"] - out.loc[idx, f"{GROUND_TRUTH} first"]
+        if f"{metric} last" in out.columns:  # the ground truth is the compared metric (the runs' tag)
+            out.loc[idx, "truth Δ"] = out.loc[idx, f"{metric} last"] - out.loc[idx, f"{metric} first"]
     x_is_nfe = nfe_seen and bool(curves)
     curves = {rid: [((nfe if x_is_nfe else step), y) for step, nfe, y in pts] for rid, pts in curves.items()}
     return out, curves, x_is_nfe, val_keys

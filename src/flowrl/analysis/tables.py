@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 
-from flowrl.analysis.runs import GROUND_TRUTH, NFE_METRIC
+from flowrl.analysis.runs import NFE_METRIC
 from flowrl.analysis.stats import as_float, mean_ci
 
 # Their order decides which of two keys that fix each other is kept: method.name over
@@ -99,6 +99,13 @@ def short(key: str) -> str:
 def group_label(keys: list[str], values) -> str:
     parts = [str(v) if k == "method.name" else f"{short(k)}={v}" for k, v in zip(keys, values)]
     return " ".join(parts) or "all runs"
+
+
+def has_proxy_points(values) -> bool:
+    """Whether some run has both a trained-reward change and a ground-truth change to plot."""
+    if "proxy Δ" not in values.columns or "truth Δ" not in values.columns:
+        return False
+    return bool(values[["proxy Δ", "truth Δ"]].notna().all(axis=1).any())
 
 
 def group_iter(values, keys):
@@ -269,7 +276,9 @@ def render_markdown(experiment, metric, keys, table, values, left_out, x_is_nfe,
         "- `final.png`: the last evaluation per group, 95% CI bars",
     ]
     lines += [f"- `ablation_{short(k)}.png`: `{metric}` against `{k}`" for k in keys if k != "method.name"]
-    lines += [f"- `proxy_vs_truth.png`: Δ trained reward against Δ `{GROUND_TRUTH}`, one point per run", ""]
+    if has_proxy_points(values):
+        lines += [f"- `proxy_vs_truth.png`: Δ trained reward against Δ `{metric}`, one point per run"]
+    lines += [""]
     if ui_path:
         grouped = ", ".join(short(k) for k in keys) or "nothing"
         lines += [f"MLflow UI, these runs grouped by {grouped}: `<server>/{ui_path}` (charts: `&compareRunsMode=CHART`)", ""]
