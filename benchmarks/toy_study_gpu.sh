@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The toy study (experiments/toy-benchmark-v2) at 10x its seeds, in one device call of < 10 minutes:
-# every toy_<method> preset x seeds 0..49 at the CPU study's budget (48,000 NFE), the final
-# evaluation at 10 noises per held-out entry (5,120 images: its bootstrap SE ~0.0045, the CPU
-# study's 2,048 give ~0.007), then flowrl.compare paired by seed against DanceGRPO.
+# every toy_<method> preset x seeds 0..49 at 48,000 NFE, then flowrl.compare paired by seed
+# against DanceGRPO. Evaluations: 10 noises per held-out entry between (5,120 images), 32 at the
+# endpoints (16,384 images), sized for power: make train's final score spreads over seeds by SD
+# 0.0157 and a 4,096-image evaluation has bootstrap SE 0.0070 (experiments/compositional-world/
+# make-train-seeds), so SE <= SD / 4 = 0.0039 needs >= 13,200 images; 16,384 give ~0.0035.
 #
 #   make gpu-wheels                       # here: what the device image lacks, into wheels/
 #   device run (carry wheels/):  pip install -q --no-index --no-deps --target /tmp/site wheels/*.whl \
@@ -39,7 +41,7 @@ else
     || { echo "toy_study_gpu: a package is missing (make gpu-wheels here, carry wheels/, pip install --target, PYTHONPATH)" >&2; exit 2; }
   export SEEDS="${SEEDS:-$(seq -s, 0 49)}" N_JOBS="${N_JOBS:-16}" OMP_NUM_THREADS=1
   DEADLINE_S="${DEADLINE_S:-480}"
-  EXTRA=(trainer.accelerator=gpu val.samples_per_prompt=10)  # every evaluation on the same 5,120 images
+  EXTRA=(trainer.accelerator=gpu val.samples_per_prompt=10 val.final_samples_per_prompt=32)
 fi
 export PYTHON LAUNCHER=joblib EXPERIMENT=toy-benchmark-v2-gpu
 
