@@ -12,8 +12,8 @@ from flowrl.rewards.geneval import GenEvalReward
 class FailingReward(GenEvalReward):
     """The geneval verifier, raising from its `fail_at`-th call on (a reward server that went away)."""
 
-    def __init__(self, min_area: int = 16, fail_at: int = 3):
-        super().__init__(min_area)
+    def __init__(self, min_area: int = 16, score: str = "strict", fail_at: int = 3):
+        super().__init__(min_area, score)
         self.fail_at, self.calls = fail_at, 0
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -26,8 +26,8 @@ class FailingReward(GenEvalReward):
 class NaNReward(GenEvalReward):
     """The geneval verifier with NaN in its scores from its `nan_at`-th call on (`until` excluded)."""
 
-    def __init__(self, min_area: int = 16, nan_at: int = 2, until: int = 10**9):
-        super().__init__(min_area)
+    def __init__(self, min_area: int = 16, score: str = "strict", nan_at: int = 2, until: int = 10**9):
+        super().__init__(min_area, score)
         self.nan_at, self.until, self.calls = nan_at, until, 0
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -56,6 +56,9 @@ OVERRIDES = [
     "reward=geneval_clip",  # continuous: a binary verifier at G 3 often gives a group one value (zero advantages)
     "train.iterations=1",
     "train.prompts_per_step=2",
+    # the lr the values were recorded at (method lr x 5), pinned: make train's default lr_scale is
+    # a measured choice that may move, the methods' computation is what these values pin
+    "train.lr_scale=5",
     "val.max_prompts=1",
     "val.num_steps=1",
     "val.samples_per_prompt=1",
