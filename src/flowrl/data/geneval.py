@@ -77,6 +77,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
+from flowrl.data.prompts import PromptData, evenly_spaced
 from flowrl.data.shapes import COLORS
 
 IMAGE_SIZE = 32
@@ -273,7 +274,6 @@ def prompts(
     the mean over categories, is not dominated by the noise of its smallest one (3 held-out colors
     prompts next to 444 position ones); an entry repeated gets its own fixed noise (one image per
     list entry at val.samples_per_prompt 1). None: every held-out prompt once."""
-    from flowrl.data.prompts import PromptData
 
     cats = list(categories) if categories is not None else None
     train = split_specs(train_split, cats)
@@ -294,8 +294,6 @@ def per_category(specs: Sequence[Spec], n: int) -> list[str]:
     by_cat: dict[str, list[Spec]] = {}
     for s in specs:
         by_cat.setdefault(s.category, []).append(s)
-    from flowrl.data.prompts import evenly_spaced
-
     out = []
     for group in by_cat.values():
         k = len(group)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from flowrl.data.geneval import BACKGROUND, CATEGORIES, COLORS, Spec, parse
-from flowrl.rewards.base import RewardModel
+from flowrl.rewards.base import RewardModel, check_batch
 
 PALETTE_NAMES: tuple[str | None, ...] = (None, *COLORS)  # index 0: the background
 POSITION_THRESHOLD = 0.1  # GenEval's evaluate_images.py
@@ -189,11 +189,12 @@ def partial_score(spec: Spec, objects: list[Detection]) -> float:
                 terms.append(0.0)
             matched[i] = None
             continue
+        largest = top(found, o.shape)
         if o.color is not None:
             if cat == "counting":
                 n_color = sum(d.color == o.color for d in found)
             else:
-                n_color = int(top(found, o.shape).color == o.color)
+                n_color = int(largest.color == o.color)
             terms.append(1 - abs(o.count - n_color) / o.count)
             ok = n_color == o.count
         if cat == "position" and i == 0 and ok:
@@ -202,11 +203,11 @@ def partial_score(spec: Spec, objects: list[Detection]) -> float:
                 terms.append(0.0)
                 ok = False
             else:
-                if spec.relation not in relations(top(found, o.shape), ref):
+                if spec.relation not in relations(largest, ref):
                     terms.append(0.0)
                     ok = False
                 terms.append(1.0)  # the server's unconditional append after its relation loop
-        matched[i] = top(found, o.shape) if ok else None
+        matched[i] = largest if ok else None
     return sum(terms) / len(terms)
 
 
@@ -224,15 +225,20 @@ class GenEvalReward(RewardModel):
         self.mode = score
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        specs = [parse(p) for p in prompts]  # first: a prompt outside the world fails before any work
-        found = detect(images, self.min_area)
-        rule = correct if self.mode == "strict" else partial_score
-        return torch.tensor([float(rule(s, objs)) for s, objs in zip(specs, found, strict=True)])
+        return self._judge(images, prompts, correct if self.mode == "strict" else partial_score)
 
     def verdicts(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """[B] GenEval's strict verdict (1 / 0) whatever `score` is: what its accuracies count."""
-        specs = [parse(p) for p in prompts]
-        return torch.tensor([float(correct(s, objs)) for s, objs in zip(specs, detect(images, self.min_area), strict=True)])
+        if self.mode == "strict":
+            return self(images, prompts)
+        check_batch(images, prompts)
+        return self._judge(images, prompts, correct)
+
+    def _judge(self, images: torch.Tensor, prompts: list[str], rule) -> torch.Tensor:
+        """[B] rule(spec, detections) per image."""
+        specs = [parse(p) for p in prompts]  # first: a prompt outside the world fails before any work
+        found = detect(images, self.min_area)
+        return torch.tensor([float(rule(s, objs)) for s, objs in zip(specs, found, strict=True)])
 
     def category_scores(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """{category: [B]}: an image's strict verdict under its prompt's category, NaN under the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from flowrl.data.prompts import evenly_spaced
 from flowrl.utils.seeds import mix_seed
 
 STREAM_BLOCK = 256  # prompts per seeded block of the stream
@@ -72,8 +73,6 @@ def held_out_prompts(prompts: list[str], max_prompts: int | None) -> list[str]:
     """All held-out prompts, or `val.max_prompts` of them evenly spaced through the list (which
     the worlds order category by category, so each category keeps about its share; one with fewer
     prompts than the spacing may drop out): the same subset for every method and seed."""
-    from flowrl.data.prompts import evenly_spaced
-
     return list(prompts) if max_prompts is None else evenly_spaced(prompts, max_prompts)
 
 
