@@ -6,7 +6,9 @@
 #   - $LENGTH, the run-length override: default budget.nfe=100000 (model evaluations as
 #     flowrl.plan counts them, the same for every point, so equal cost; ~30 E-GRPO iterations on
 #     the tiny model), or e.g. LENGTH=train.iterations=30, LENGTH=budget.wall_s=600;
-#   - seeds $SEEDS (default 0,1,2), where the script sweeps seeds;
+#   - seed=$SEEDS (default 0,1,2) as the first override: Hydra's basic sweeper takes the product of
+#     the lists in command-line order, the first slowest, so a sweep stopped early has every point
+#     at the seeds it reached;
 #   - LAUNCHER=joblib (local, N_JOBS parallel runs, default: the number of cores) or LAUNCHER=slurm
 #     (src/flowrl/config/conf/hydra/launcher/slurm.yaml); default: one run after the other in one process;
 #   - SMOKE=1: tiny sizes, so that any sweep finishes in seconds per run (the shrinks below; a
@@ -66,7 +68,7 @@ _override_key() {  # '++method.tau=1,2' -> 'method.tau'; 'hydra/launcher=joblib'
 
 flowrl_sweep() {
   local name="$1"; shift
-  local given=("$@") args=() keys=" " o
+  local given=("$@") args=("seed=$SEEDS") keys=" " o
   for o in "${given[@]}"; do keys+="$(_override_key "$o") "; done
   if [[ "$SMOKE" == 1 ]]; then
     for o in "${SMOKE_OVERRIDES[@]}"; do

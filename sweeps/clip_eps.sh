@@ -3,4 +3,4 @@
 # optimizer step on (E-GRPO takes 8 per rollout, one per branch point; the first has ratio 1).
 # E-GRPO (METHOD=... for another method) x seeds 0,1,2.
 source "$(dirname "$0")/_common.sh"
-flowrl_sweep clip_eps "seed=$SEEDS" "method=${METHOD:-egrpo}" method.clip_eps=1e-4,1e-3,1e-2 "$LENGTH" "$@"
+flowrl_sweep clip_eps "method=${METHOD:-egrpo}" method.clip_eps=1e-4,1e-3,1e-2 "$LENGTH" "$@"

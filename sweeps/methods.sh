@@ -4,4 +4,4 @@
 # their papers' defaults (G, steps, lr: on the tiny model the LoRA lrs of Flow-GRPO / DenseGRPO are
 # too high for a full fine-tune; sweeps/toy_benchmark.sh runs the toy presets instead).
 source "$(dirname "$0")/_common.sh"
-flowrl_sweep methods "seed=$SEEDS" "method=${METHODS:-$(all_methods)}" "$LENGTH" "$@"
+flowrl_sweep methods "method=${METHODS:-$(all_methods)}" "$LENGTH" "$@"
