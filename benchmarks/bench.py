@@ -230,28 +230,47 @@ def forward_and_train_step_s(model, batch: int, min_run_time: float) -> tuple[fl
     return median_seconds(forward, min_run_time), median_seconds(train_step, min_run_time)
 
 
+def compare_variants(models: dict[str, object], batch: int, min_run_time: float) -> list[dict]:
+    """Forward and train-step time of each model on the same batch, and each one's ratio to the first."""
+    rows = []
+    for name, model in models.items():
+        forward_s, train_step_s = forward_and_train_step_s(model, batch, min_run_time)
+        rows.append({"method": name, "batch": batch, "forward_s": forward_s, "train_step_s": train_step_s})
+    for r in rows:
+        r["forward_vs_first"] = r["forward_s"] / rows[0]["forward_s"]
+        r["train_step_vs_first"] = r["train_step_s"] / rows[0]["train_step_s"]
+    return rows
+
+
 def bench_patch_sizes(batch: int, min_run_time: float, device) -> list[dict]:
     """Forward and train-step time of the tiny FLUX model at patch 2 (256 tokens) vs 4 (64 tokens),
     same width and depth."""
     from flowrl.models.tiny_flux import TinyFluxConfig, TinyFluxModel
 
-    rows = []
+    models = {}
     for patch in (4, 2):
         torch.manual_seed(0)
         model = TinyFluxModel(TinyFluxConfig(patch_size=patch)).to(device)
-        forward_s, train_step_s = forward_and_train_step_s(model, batch, min_run_time)
-        rows.append(
-            {
-                "method": f"tiny_flux patch {patch} ({model.latent_shape[0]} tokens)",
-                "batch": batch,
-                "forward_s": forward_s,
-                "train_step_s": train_step_s,
-            }
-        )
-    for r in rows:
-        r["forward_vs_patch4"] = r["forward_s"] / rows[0]["forward_s"]
-        r["train_step_vs_patch4"] = r["train_step_s"] / rows[0]["train_step_s"]
-    return rows
+        models[f"tiny_flux patch {patch} ({model.latent_shape[0]} tokens)"] = model
+    return compare_variants(models, batch, min_run_time)
+
+
+def bench_attention(model_cfg, batch: int, min_run_time: float, device) -> list[dict]:
+    """The tiny model's `model.attention` under bf16 autocast: diffusers' FluxAttnProcessor (SDPA in
+    bf16) vs flowrl's Fp32AttentionProcessor (SDPA in fp32), same weights."""
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    from flowrl.models.tiny_flux import TinyFluxModel
+
+    models = {}
+    for name in ("autocast", "fp32"):
+        torch.manual_seed(0)
+        model = TinyFluxModel(model_cfg).to(device)
+        model.precision = "bf16-autocast"
+        if name == "autocast":
+            model.transformer.set_attn_processor(FluxAttnProcessor())
+        models[f"bf16-autocast, attention {name}"] = model
+    return compare_variants(models, batch, min_run_time)
 
 
 def choose_threads(threads: str, quick: bool) -> str:
@@ -286,7 +305,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--micro-batch", type=int, default=None, help="peer loop rows per forward (default: each official script's, PEER_BATCHES)"
     )
-    p.add_argument("--patch-batch", type=int, default=None, help="batch of the patch-size comparison (default 64; quick 2)")
+    p.add_argument(
+        "--patch-batch", type=int, default=None, help="batch of the patch-size and attention comparisons (default 64; quick 2)"
+    )
     p.add_argument(
         "--threads",
         default="auto",
@@ -365,12 +386,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"-> {r['engine_vs_peer']:.2f}x, iteration {r['iteration_s']:.2f} s",
             flush=True,
         )
-    patch_rows = bench_patch_sizes(args.patch_batch or (2 if args.quick else 64), args.min_run_time, args.device)
+    variant_batch = args.patch_batch or (2 if args.quick else 64)
+    variants = {
+        "patch_size": bench_patch_sizes(variant_batch, args.min_run_time, args.device),
+        "attention": bench_attention(TinyFluxConfig(**vars(model_cfg)), variant_batch, args.min_run_time, args.device),
+    }
     machine["load_avg_end"] = load_average()
-    text = render(machine, args, model_desc, fwd_cost, rows, patch_rows, time.perf_counter() - wall_start)
+    text = render(machine, args, model_desc, fwd_cost, rows, variants, time.perf_counter() - wall_start)
     print(text)
     csv_rows = [{"section": "methods", **r, **{f"machine_{k}": v for k, v in machine.items()}} for r in rows]
-    write_results(args.out, "results", text, csv_rows + [{"section": "patch_size", **r} for r in patch_rows])
+    write_results(args.out, "results", text, csv_rows + [{"section": k, **r} for k, rs in variants.items() for r in rs])
     return rows
 
 

@@ -58,9 +58,11 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 # ---- make bench: results.md ---------------------------------------------------------------------
-def render(machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict], patch_rows: list[dict], wall_s: float) -> str:
+def render(
+    machine: dict, args, model_desc: str, fwd_cost: dict, rows: list[dict], variants: dict[str, list[dict]], wall_s: float
+) -> str:
     lines = _header(machine, args, model_desc, fwd_cost, rows, wall_s)
-    lines += _end_to_end(rows) + _rollout_time(rows) + _engine_vs_peer(rows) + _budget(rows) + _patch_sizes(patch_rows)
+    lines += _end_to_end(rows) + _rollout_time(rows) + _engine_vs_peer(rows) + _budget(rows) + _variants(variants)
     return "\n".join(lines) + "\n"
 
 
@@ -237,24 +239,34 @@ def _budget(rows: list[dict]) -> list[str]:
     )
 
 
-def _patch_sizes(patch_rows: list[dict]) -> list[str]:
-    if not patch_rows:
-        return []
-    lines = ["", "## The embedded model's patch size", ""]
-    return lines + _table(
-        ["model", "batch", "forward s", "train step s", "forward vs patch 4", "train step vs patch 4"],
-        [
+VARIANT_SECTIONS = {  # variant comparison -> (heading, what its first row is)
+    "patch_size": ("The embedded model's patch size", "patch 4"),
+    "attention": ("The embedded model's attention under bf16 autocast (`model.attention`)", "autocast"),
+}
+
+
+def _variants(variants: dict[str, list[dict]]) -> list[str]:
+    lines = []
+    for section, rows in variants.items():
+        if not rows:
+            continue
+        heading, first = VARIANT_SECTIONS[section]
+        lines += ["", f"## {heading}", ""]
+        lines += _table(
+            ["model", "batch", "forward s", "train step s", f"forward vs {first}", f"train step vs {first}"],
             [
-                r["method"],
-                r["batch"],
-                f"{r['forward_s']:.3f}",
-                f"{r['train_step_s']:.3f}",
-                f"{r['forward_vs_patch4']:.2f}x",
-                f"{r['train_step_vs_patch4']:.2f}x",
-            ]
-            for r in patch_rows
-        ],
-    )
+                [
+                    r["method"],
+                    r["batch"],
+                    f"{r['forward_s']:.3f}",
+                    f"{r['train_step_s']:.3f}",
+                    f"{r['forward_vs_first']:.2f}x",
+                    f"{r['train_step_vs_first']:.2f}x",
+                ]
+                for r in rows
+            ],
+        )
+    return lines
 
 
 # ---- the GPU suite: gpu.md ---------------------------------------------------------------------

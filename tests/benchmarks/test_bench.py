@@ -52,6 +52,10 @@ def test_bench_quick_tables_and_equal_nfe(tmp_path):
         csv_rows = list(csv.DictReader(f))
     assert [r["method"] for r in csv_rows if r["section"] == "methods"] == list(METHODS)
     assert len([r for r in csv_rows if r["section"] == "patch_size"]) == 2
+    # model.attention's two processors under bf16 autocast, the stock one first
+    attention = [r["method"] for r in csv_rows if r["section"] == "attention"]
+    assert attention == ["bf16-autocast, attention autocast", "bf16-autocast, attention fp32"]
+    assert "## The embedded model's attention under bf16 autocast" in text
 
     by_method = {r["method"]: r for r in rows}
     for r in rows:

@@ -69,6 +69,41 @@ def test_bad_config():
         TinyFluxModel(TinyFluxConfig(axes_dims_rope=(8, 8, 8)))
 
 
+@pytest.mark.parametrize("world", ["geneval", "shapes"])
+def test_fp32_attention_processor_is_diffusers_flux_processor_in_fp32(world):
+    # Fp32AttentionProcessor is an accepted copy of diffusers' FluxAttnProcessor whose only change is
+    # SDPA in fp32 outside autocast: in fp32 the two must agree bit for bit (a diffusers upgrade that
+    # changes the stock processor fails here), and under bf16 autocast it must differ only by bf16
+    # rounding (its attention is the more precise one).
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    from flowrl.models.tiny_flux import Fp32AttentionProcessor, load_tiny_flux
+
+    model = load_tiny_flux(world=world)
+    assert {type(p) for p in model.transformer.attn_processors.values()} == {Fp32AttentionProcessor}
+    assert {type(p) for p in TinyFluxModel().transformer.attn_processors.values()} == {Fp32AttentionProcessor}
+    # model.attention=autocast: the stock processor, how the runs before it were made
+    stock = load_tiny_flux(world=world, attention="autocast").transformer.attn_processors.values()
+    assert {type(p) for p in stock} == {FluxAttnProcessor}
+    with pytest.raises(ValueError, match="attention must be one of"):
+        load_tiny_flux(world=world, attention="bf16")
+    torch.manual_seed(0)
+    x = torch.randn(5, *model.latent_shape)
+    with torch.no_grad():
+        embeds = model.encode_prompts(["a red square", "two blue bars", "a", "", "a red square left of a bar"])
+        outs = {}
+        for precision in ("fp32", "bf16-autocast"):
+            model.precision = precision
+            for proc in (FluxAttnProcessor, Fp32AttentionProcessor):
+                model.transformer.set_attn_processor(proc())
+                outs[precision, proc] = model.velocity(x, torch.tensor([0.9, 0.7, 0.5, 0.3, 0.1]), embeds)
+    assert torch.equal(outs["fp32", FluxAttnProcessor], outs["fp32", Fp32AttentionProcessor])
+    fp32 = outs["fp32", FluxAttnProcessor]
+    for proc in (FluxAttnProcessor, Fp32AttentionProcessor):
+        assert not torch.equal(outs["bf16-autocast", proc], fp32)
+        torch.testing.assert_close(outs["bf16-autocast", proc], fp32, atol=0.1, rtol=0.05)
+
+
 def test_shipped_model_generates_deterministically(tiny_model):
     prompts = ["a red circle on a blue background", "a white square on a green background"]
     a = generate(tiny_model, prompts, num_steps=4, seed=7)

@@ -166,6 +166,7 @@ class ModelSchema(_Open):
     lora: LoraSchema | None = None
     lora_weights: str | None = None
     precision: Literal["fp32", "bf16-autocast"] | None = None
+    attention: Literal["fp32", "autocast"] | None = None
     device: str | None = None
     dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] | None = None
     autocast: bool | None = None

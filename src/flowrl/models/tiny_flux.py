@@ -97,6 +97,42 @@ def unpack_images(tokens: torch.Tensor, patch_size: int, image_size: int) -> tor
     return x.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, image_size, image_size)
 
 
+class Fp32AttentionProcessor:
+    """diffusers' FluxAttnProcessor (diffusers 0.42.1, models/transformers/transformer_flux.py), with the
+    scaled dot product itself in fp32 outside autocast. Deviation: under bf16 autocast on the CPU,
+    torch's bf16 SDPA is slower than its fp32 one at this size (72 tokens, 4 heads of 32: batch 64,
+    forward 110 -> 100 ms, forward + backward 462 -> 328 ms on the 2-core CPU, README "Performance");
+    the projections, norms and rotary embedding are unchanged. In fp32 it is FluxAttnProcessor bit for
+    bit (tests/models/test_tiny_flux.py checks it against the installed diffusers)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        # [B, S, H*D] -> [B, S, H, D]; the text stream's tokens go first (FLUX's order)
+        query = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        value = attn.to_v(hidden_states).unflatten(-1, (-1, attn.head_dim))
+        if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
+            e_query = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
+            e_key = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
+            e_value = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim))
+            query, key, value = (torch.cat(pair, dim=1) for pair in ((e_query, query), (e_key, key), (e_value, value)))
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        with torch.autocast(query.device.type, enabled=False):
+            # SDPA wants [B, H, S, D]
+            out = torch.nn.functional.scaled_dot_product_attention(
+                *(t.transpose(1, 2).float() for t in (query, key, value)), attn_mask=attention_mask
+            ).transpose(1, 2)
+        out = out.flatten(2, 3).to(query.dtype)  # [B, S, H*D]
+        if encoder_hidden_states is None:
+            return out
+        n_text = encoder_hidden_states.shape[1]
+        encoder_out, out = out.split_with_sizes([n_text, out.shape[1] - n_text], dim=1)
+        return attn.to_out[1](attn.to_out[0](out.contiguous())), attn.to_add_out(encoder_out.contiguous())
+
+
 class TinyFluxModel(FlowModel):
     """FluxTransformer2DModel (tiny config) + word text encoder, on packed pixels."""
 
@@ -127,6 +163,7 @@ class TinyFluxModel(FlowModel):
             guidance_embeds=False,
             axes_dims_rope=tuple(cfg.axes_dims_rope),
         )
+        self.transformer.set_attn_processor(Fp32AttentionProcessor())
         s = cfg.tokens_per_side
         img_ids = torch.zeros(s, s, 3)
         img_ids[..., 1] = torch.arange(s)[:, None]
@@ -233,30 +270,46 @@ class TinyFluxModel(FlowModel):
             raw["axes_dims_rope"] = tuple(raw["axes_dims_rope"])
             model = cls(TinyFluxConfig(**raw))
             model.transformer = FluxTransformer2DModel.from_pretrained(path / "transformer")
+            model.transformer.set_attn_processor(Fp32AttentionProcessor())
         model.text_encoder.load_state_dict(load_file(str(path / "text_encoder.safetensors")))
         model.source = path if path != WEIGHTS_DIR else None
         return model.eval()
 
 
 PRECISIONS = ("fp32", "bf16-autocast")
+ATTENTIONS = ("fp32", "autocast")
 
 
 def load_tiny_flux(
-    path: str | None = None, device: str = "cpu", lora=None, precision: str = "fp32", world: str = "shapes"
+    path: str | None = None,
+    device: str = "cpu",
+    lora=None,
+    precision: str = "fp32",
+    world: str = "shapes",
+    attention: str = "fp32",
 ) -> TinyFluxModel:
     """Hydra entry point (`model=tiny_flux`): the shipped weights of `world` (one per embedded
     world, `python -m flowrl.pretrain --world <w>`; flowrl.config.model_files.TINY_WORLDS), or a
     directory given by path.
     `lora` ({rank, alpha, target_modules}) attaches a fresh LoRA adapter (flowrl.models.lora).
-    `precision`: fp32 | bf16-autocast (the transformer's forwards, rollout and training alike)."""
+    `precision`: fp32 | bf16-autocast (the transformer's forwards, rollout and training alike).
+    `attention`: fp32 (Fp32AttentionProcessor: SDPA in fp32 whatever the precision) | autocast
+    (diffusers' FluxAttnProcessor: SDPA in bf16 under bf16-autocast, the runs before 2026-12-06's
+    seventh session); the two are identical in fp32."""
     from flowrl.models.lora import add_lora, lora_options
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     from flowrl.config.model_files import tiny_flux_dir
 
     model = TinyFluxModel.from_pretrained(tiny_flux_dir(path, world))
     model.precision = precision
+    if attention == "autocast":
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+        model.transformer.set_attn_processor(FluxAttnProcessor())
     if (opts := lora_options(lora)) is not None:
         add_lora(model.transformer, **opts)
     return model.to(device)
