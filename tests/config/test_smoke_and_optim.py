@@ -46,7 +46,11 @@ def test_module_steps_its_lr_scheduler_per_optimizer_step(make_cfg):
 
     # (a small held-out evaluation: the full one before and after was 80 s of this test)
     cfg = make_cfg(
-        "smoke=true", "train.iterations=1", "val.samples_per_prompt=1", "val.max_prompts=8", "val.num_steps=2",
+        "smoke=true",
+        "train.iterations=1",
+        "val.samples_per_prompt=1",
+        "val.max_prompts=8",
+        "val.num_steps=2",
         "lr_scheduler.warmup_steps=10",
     )
     base = cfg.method.lr * cfg.train.lr_scale

@@ -100,8 +100,9 @@ def unpack_images(tokens: torch.Tensor, patch_size: int, image_size: int) -> tor
 class Fp32AttentionProcessor:
     """diffusers' FluxAttnProcessor (diffusers 0.42.1, models/transformers/transformer_flux.py), with the
     scaled dot product itself in fp32 outside autocast. Deviation: under bf16 autocast on the CPU,
-    torch's bf16 SDPA is slower than its fp32 one at this size (72 tokens, 4 heads of 32: batch 64,
-    forward 110 -> 100 ms, forward + backward 462 -> 328 ms on the 2-core CPU, README "Performance");
+    torch's bf16 SDPA backward is slower than its fp32 one at this size (72 tokens, 4 heads of 32:
+    batch 64, forward + backward 516 -> 366 ms, the forward alike, on the 2-core CPU, README
+    "Performance");
     the projections, norms and rotary embedding are unchanged. In fp32 it is FluxAttnProcessor bit for
     bit (tests/models/test_tiny_flux.py checks it against the installed diffusers)."""
 
