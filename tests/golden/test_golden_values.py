@@ -13,7 +13,11 @@ Sizes: each method's `smoke=true` shrink (its step scheduler's small_overrides: 
 smaller group; structure kept), 2 prompts, one iteration, 1 thread (the sums' order is fixed);
 the evaluations before / after training at one prompt and one step (not pinned, not the point).
 Tolerance: relative 1e-4 (float32 on one CPU type; a BLAS or thread-count change moves the last
-digits, not the fourth)."""
+digits, not the fourth).
+
+Recorded with the tiny model's attention in fp32 (`model.attention`, the default since 2026-12-06's
+seventh session). The values before it are those of `model.attention=autocast`: when the file was
+regenerated for that change, all 11 methods still matched the old file under autocast."""
 
 from __future__ import annotations
 
