@@ -258,8 +258,6 @@ def bench_patch_sizes(batch: int, min_run_time: float, device) -> list[dict]:
 def bench_attention(model_cfg, batch: int, min_run_time: float, device) -> list[dict]:
     """The tiny model's `model.attention` under bf16 autocast: diffusers' FluxAttnProcessor (SDPA in
     bf16) vs flowrl's Fp32AttentionProcessor (SDPA in fp32), same weights."""
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
     from flowrl.models.tiny_flux import TinyFluxModel
 
     models = {}
@@ -267,8 +265,7 @@ def bench_attention(model_cfg, batch: int, min_run_time: float, device) -> list[
         torch.manual_seed(0)
         model = TinyFluxModel(model_cfg).to(device)
         model.precision = "bf16-autocast"
-        if name == "autocast":
-            model.transformer.set_attn_processor(FluxAttnProcessor())
+        model.use_attention(name)
         models[f"bf16-autocast, attention {name}"] = model
     return compare_variants(models, batch, min_run_time)
 

@@ -108,15 +108,17 @@ class Fp32AttentionProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
-        # [B, S, H*D] -> [B, S, H, D]; the text stream's tokens go first (FLUX's order)
-        query = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, attn.head_dim)))
-        value = attn.to_v(hidden_states).unflatten(-1, (-1, attn.head_dim))
-        if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
-            e_query = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
-            e_key = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
-            e_value = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim))
+        # diffusers' own projections (plain or fused); [B, S, H*D] -> [B, S, H, D], text tokens first
+        query, key, value, e_query, e_key, e_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        if attn.added_kv_proj_dim is not None:
+            e_query = attn.norm_added_q(e_query.unflatten(-1, (-1, attn.head_dim)))
+            e_key = attn.norm_added_k(e_key.unflatten(-1, (-1, attn.head_dim)))
+            e_value = e_value.unflatten(-1, (-1, attn.head_dim))
             query, key, value = (torch.cat(pair, dim=1) for pair in ((e_query, query), (e_key, key), (e_value, value)))
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
@@ -164,7 +166,7 @@ class TinyFluxModel(FlowModel):
             guidance_embeds=False,
             axes_dims_rope=tuple(cfg.axes_dims_rope),
         )
-        self.transformer.set_attn_processor(Fp32AttentionProcessor())
+        self.use_attention("fp32")
         s = cfg.tokens_per_side
         img_ids = torch.zeros(s, s, 3)
         img_ids[..., 1] = torch.arange(s)[:, None]
@@ -180,6 +182,14 @@ class TinyFluxModel(FlowModel):
         return self.text_encoder(list(prompts))
 
     precision = "fp32"  # "bf16-autocast": the transformer's matmuls in bf16 (load_tiny_flux(precision=...))
+
+    def use_attention(self, attention: str) -> None:
+        """The transformer's attention processor (`model.attention`, one of ATTENTIONS): fp32 =
+        Fp32AttentionProcessor, autocast = diffusers' FluxAttnProcessor."""
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+        processor = {"fp32": Fp32AttentionProcessor, "autocast": FluxAttnProcessor}[attention]
+        self.transformer.set_attn_processor(processor())
 
     @contextmanager
     def full_precision(self) -> Iterator[None]:
@@ -271,7 +281,7 @@ class TinyFluxModel(FlowModel):
             raw["axes_dims_rope"] = tuple(raw["axes_dims_rope"])
             model = cls(TinyFluxConfig(**raw))
             model.transformer = FluxTransformer2DModel.from_pretrained(path / "transformer")
-            model.transformer.set_attn_processor(Fp32AttentionProcessor())
+            model.use_attention("fp32")
         model.text_encoder.load_state_dict(load_file(str(path / "text_encoder.safetensors")))
         model.source = path if path != WEIGHTS_DIR else None
         return model.eval()
@@ -307,10 +317,7 @@ def load_tiny_flux(
 
     model = TinyFluxModel.from_pretrained(tiny_flux_dir(path, world))
     model.precision = precision
-    if attention == "autocast":
-        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
-        model.transformer.set_attn_processor(FluxAttnProcessor())
+    model.use_attention(attention)
     if (opts := lora_options(lora)) is not None:
         add_lora(model.transformer, **opts)
     return model.to(device)
